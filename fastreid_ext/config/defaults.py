@@ -1,0 +1,98 @@
+"""Config keys shared by every fastreid_ext method (``add_fastreid_ext_config``)."""
+
+from __future__ import annotations
+
+from fastreid.config import CfgNode as CN
+
+
+def add_fastreid_ext_config(cfg: CN) -> None:
+    """Add the shared keys to a fast-reid config in place (idempotent)."""
+    if "CLIP" in cfg.MODEL:
+        return
+    _C = cfg
+
+    # Python modules imported before anything is built: they register out-of-tree methods
+    # (datasets, backbones, meta-architectures, hooks, evaluators) by importing.
+    _C.PLUGINS = []
+    # Global seed; each rank uses SEED + rank. Negative: a random seed is drawn and logged.
+    _C.SEED = 1
+
+    # ---------------------------------------------------------------- trainer
+    _C.TRAINER = CN()
+    # Trainer class name in fastreid_ext.registry.TRAINER_REGISTRY.
+    _C.TRAINER.NAME = "ExtTrainer"
+    # Hooks (names in HOOK_REGISTRY) appended to the default hooks, in this order.
+    _C.TRAINER.HOOKS = []
+    # DDP find_unused_parameters (needed when some modules do not get a gradient every step).
+    _C.TRAINER.FIND_UNUSED_PARAMETERS = False
+    # Log training progress every this many iterations.
+    _C.TRAINER.LOG_PERIOD = 20
+
+    # ---------------------------------------------------------------- CLIP backbone
+    _C.MODEL.CLIP = CN()
+    # Architecture name: a JSON file in fastreid_ext/modeling/clip/model_configs (ViT-B-16, RN50,
+    # tiny-vit, tiny-rn) or a path to such a JSON file.
+    _C.MODEL.CLIP.NAME = "ViT-B-16"
+    # Local weights file: OpenAI TorchScript archive (ViT-B-16.pt) or an open_clip / plain state dict.
+    # Required unless RANDOM_INIT is True. Hub names such as "openai" are rejected.
+    _C.MODEL.CLIP.WEIGHTS = ""
+    # Build with random weights (tests, synthetic demos). Must be set explicitly.
+    _C.MODEL.CLIP.RANDOM_INIT = False
+    # QuickGELU activations (what OpenAI's weights were trained with).
+    _C.MODEL.CLIP.QUICK_GELU = True
+    # ViT patch-embedding stride; 0 means the patch size (non-overlapping patches).
+    _C.MODEL.CLIP.VIT_STRIDE = 0
+    # ResNet: remove the down-sampling of the last stage (CLIP-ReID "last stride 1").
+    _C.MODEL.CLIP.RN_LAST_STRIDE_1 = False
+    # Token length of the text encoder.
+    _C.MODEL.CLIP.CONTEXT_LENGTH = 77
+
+    # ---------------------------------------------------------------- text
+    _C.INPUT.TEXT = CN()
+    # Masked-language-modelling: probability that an eligible token is selected.
+    _C.INPUT.TEXT.MLM_PROB = 0.15
+    # Produce MLM inputs in the training batches (needed by the MLM loss).
+    _C.INPUT.TEXT.MLM = False
+
+    # ---------------------------------------------------------------- text-image baseline
+    _C.MODEL.T2I = CN()
+    # Losses of the CLIP dual-encoder baseline: any of "SDM", "ID", "MLM".
+    _C.MODEL.T2I.LOSSES = ["SDM", "ID"]
+    # SDM temperature tau (logits are cos / tau) and the epsilon inside log(q + eps).
+    _C.MODEL.T2I.SDM_TAU = 0.02
+    _C.MODEL.T2I.SDM_EPS = 1e-8
+    _C.MODEL.T2I.SDM_WEIGHT = 1.0
+    # ID loss: shared linear classifier over the training identities.
+    _C.MODEL.T2I.ID_WEIGHT = 1.0
+    # MLM head: cross-attention + transformer of this depth (IRRA: 4), and the loss weight.
+    _C.MODEL.T2I.MLM_DEPTH = 4
+    _C.MODEL.T2I.MLM_HEADS = 8
+    _C.MODEL.T2I.MLM_WEIGHT = 1.0
+
+    # ---------------------------------------------------------------- solver additions
+    # Adam / AdamW betas and eps (IRRA: eps 1e-3).
+    _C.SOLVER.BETAS = (0.9, 0.999)
+    _C.SOLVER.EPS = 1e-8
+    # Parameters whose names start with one of these prefixes are "pretrained" and get BASE_LR;
+    # every other trainable parameter is a "new module" and gets BASE_LR * NEW_MODULE_LR_FACTOR.
+    _C.SOLVER.PRETRAINED_PREFIXES = ["backbone."]
+    _C.SOLVER.NEW_MODULE_LR_FACTOR = 1.0
+    # Warm-up length in epochs (may be fractional); WARMUP_FACTOR is the starting LR factor.
+    _C.SOLVER.WARMUP_EPOCHS = 0.0
+    # Scheduler granularity: "epoch" (LR constant inside an epoch, IRRA) or "iter".
+    _C.SOLVER.SCHED_STEP = "epoch"
+    # Mixed precision dtype on GPU: "bf16" or "fp16" (fp16 uses a GradScaler). Off on CPU.
+    _C.SOLVER.AMP.DTYPE = "bf16"
+
+    # ---------------------------------------------------------------- evaluation
+    # Evaluator name in fastreid_ext.registry.EVALUATOR_REGISTRY ("" keeps fast-reid's ReidEvaluator).
+    _C.TEST.EVALUATOR = ""
+    _C.TEST.T2I = CN()
+    # Retrieval direction(s): "t2i", "i2t" or "both".
+    _C.TEST.T2I.DIRECTION = "t2i"
+    # Save the top-k ranking of every query to OUTPUT_DIR (0: off).
+    _C.TEST.T2I.SAVE_RANKING_TOPK = 0
+    # Evaluate on this split of the text-image dataset: "test" or "val".
+    _C.TEST.T2I.SPLIT = "test"
+    # Queries per chunk of the similarity matrix.
+    _C.TEST.T2I.CHUNK_SIZE = 2048

@@ -1,0 +1,1 @@
+"""CPCL project package (registered into fast-reid's registries on import)."""

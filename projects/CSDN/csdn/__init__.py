@@ -1,0 +1,1 @@
+"""CSDN project package (registered into fast-reid's registries on import)."""

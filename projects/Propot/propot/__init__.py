@@ -1,0 +1,1 @@
+"""Propot project package (registered into fast-reid's registries on import)."""

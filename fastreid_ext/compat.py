@@ -128,10 +128,9 @@ def _fix_contiguous_optimizer() -> None:
 @_once("dataloader_prefetch")
 def _fix_dataloader_prefetch() -> None:
     """C1: CPU-safe ``DataLoaderX``; the CUDA stream path is kept when CUDA is usable."""
+    import fastreid.data.data_utils as du
     import torch
     from torch.utils.data import DataLoader
-
-    import fastreid.data.data_utils as du
 
     cls = du.DataLoaderX
     orig_init, orig_preload, orig_next = cls.__init__, cls.preload, cls.__next__
@@ -216,9 +215,8 @@ def _fix_jaccard_cpu_faiss() -> None:
 @_once("random_affine")
 def _fix_random_affine() -> None:
     """R2: give fast-reid's transform builder a ``RandomAffine`` that accepts the old keywords."""
-    import torchvision.transforms as tvt
-
     import fastreid.data.transforms.build as tb
+    import torchvision.transforms as tvt
 
     class RandomAffine(tvt.RandomAffine):
         def __init__(self, *args, resample=None, fillcolor=None, **kwargs):
@@ -232,13 +230,8 @@ def _fix_random_affine() -> None:
     tb.T = namespace
 
 
-@_once("test_loader_workers")
-def _fix_test_loader_workers() -> None:
-    """R3: honour ``cfg.DATALOADER.NUM_WORKERS`` in ``build_reid_test_loader``."""
-    import fastreid.data as fdata
-    import fastreid.data.build as db
-
-    original = db._test_loader_from_config
+def _make_test_loader_from_config(original: Callable) -> Callable:
+    """Wrap fast-reid's ``_test_loader_from_config`` so ``num_workers`` comes from the config."""
 
     def _test_loader_from_config(cfg, **kwargs):
         num_workers = kwargs.pop("num_workers", cfg.DATALOADER.NUM_WORKERS)
@@ -246,19 +239,25 @@ def _fix_test_loader_workers() -> None:
         out["num_workers"] = num_workers
         return out
 
-    db._test_loader_from_config = _test_loader_from_config
-    # ``configurable`` captured the original ``from_config``; rebuild the decorated function.
-    fn = db.build_reid_test_loader
-    inner = getattr(fn, "__wrapped__", None)
-    if inner is not None:
-        from fastreid.config import configurable
+    return _test_loader_from_config
 
-        rebuilt = configurable(from_config=_test_loader_from_config)(inner)
-        db.build_reid_test_loader = rebuilt
-        fdata.build_reid_test_loader = rebuilt
-        import fastreid.engine.defaults as defaults
 
-        defaults.build_reid_test_loader = rebuilt
+@_once("test_loader_workers")
+def _fix_test_loader_workers() -> None:
+    """R3: honour ``cfg.DATALOADER.NUM_WORKERS`` in ``build_reid_test_loader``."""
+    import fastreid.data as fdata
+    import fastreid.data.build as db
+    import fastreid.engine.defaults as defaults
+    from fastreid.config import configurable
+
+    fixed = _make_test_loader_from_config(db._test_loader_from_config)
+    db._test_loader_from_config = fixed
+    # ``configurable`` captured the original ``from_config``: rebuild the decorated function.
+    inner = db.build_reid_test_loader.__wrapped__
+    rebuilt = configurable(from_config=fixed)(inner)
+    db.build_reid_test_loader = rebuilt
+    fdata.build_reid_test_loader = rebuilt
+    defaults.build_reid_test_loader = rebuilt
 
 
 class _DeviceAwareDDP:
@@ -286,7 +285,6 @@ def _fix_ddp_device_ids() -> None:
 def _fix_safe_checkpoint_load() -> None:
     """Load checkpoints with ``weights_only=True`` and name the file on failure."""
     import torch
-
     from fastreid.utils.checkpoint import Checkpointer
 
     def _load_file(self, f: str):

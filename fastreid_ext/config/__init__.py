@@ -1,5 +1,11 @@
-"""Configuration: fast-reid's ``get_cfg`` plus the shared ``add_fastreid_ext_config`` keys."""
+"""Configuration: fast-reid's ``get_cfg`` plus the shared and per-method ``add_*_config`` keys."""
 
 from .defaults import add_fastreid_ext_config
+from .extensions import CONFIG_EXTENSIONS, apply_config_extensions, register_config
 
-__all__ = ["add_fastreid_ext_config"]
+__all__ = [
+    "add_fastreid_ext_config",
+    "CONFIG_EXTENSIONS",
+    "apply_config_extensions",
+    "register_config",
+]

@@ -17,6 +17,9 @@ def add_fastreid_ext_config(cfg: CN) -> None:
     # Global seed; each rank uses SEED + rank. Negative: a random seed is drawn and logged.
     _C.SEED = 1
 
+    # Dataset root; empty means $FASTREID_DATASETS, or ./datasets when that is unset.
+    _C.DATASETS.ROOT = ""
+
     # ---------------------------------------------------------------- trainer
     _C.TRAINER = CN()
     # Trainer class name in fastreid_ext.registry.TRAINER_REGISTRY.
@@ -27,6 +30,9 @@ def add_fastreid_ext_config(cfg: CN) -> None:
     _C.TRAINER.FIND_UNUSED_PARAMETERS = False
     # Log training progress every this many iterations.
     _C.TRAINER.LOG_PERIOD = 20
+    # Stop cleanly (with a checkpoint) after this many epochs in one invocation, for time-limited
+    # cluster jobs; continue later with --resume. 0: train to SOLVER.MAX_EPOCH.
+    _C.TRAINER.STOP_AFTER_EPOCHS = 0
 
     # ---------------------------------------------------------------- CLIP backbone
     _C.MODEL.CLIP = CN()

@@ -1,0 +1,292 @@
+"""The trainer shared by every method: epoch-deterministic data, param-group LRs, AMP, registries."""
+
+from __future__ import annotations
+
+import logging
+from collections import OrderedDict
+from typing import Any, Dict, List, Optional
+
+import numpy as np
+import torch
+from fastreid.config import CfgNode
+from fastreid.engine import hooks as fr_hooks
+from fastreid.engine.defaults import DefaultTrainer
+from fastreid.engine.train_loop import TrainerBase
+from fastreid.evaluation.testing import print_csv_format
+from fastreid.modeling.meta_arch import META_ARCH_REGISTRY
+from fastreid.utils import comm
+from fastreid.utils.checkpoint import Checkpointer
+from fastreid.utils.events import EventStorage
+from fastreid.utils.logger import setup_logger
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import Dataset
+
+from ..data.samplers import EpochBatchSampler
+from ..data.text_image import TextImageTrainSet, build_t2i_train_loader, load_text_image_dataset
+from ..data.transforms import build_image_transforms
+from ..evaluation.inference import run_inference
+from ..registry import EVALUATOR_REGISTRY, HOOK_REGISTRY, TRAINER_REGISTRY, lookup
+from ..solver import build_lr_schedule, build_optimizer
+from ..text.tokenizer import ClipTokenizer
+from .hooks import EpochCheckpointer, LRScheduleHook, ProgressLogger
+from .step import StepRunner, resolve_amp_dtype
+
+__all__ = ["ExtTrainer", "build_trainer"]
+
+logger = logging.getLogger(__name__)
+
+
+def _epoch_seed(seed: int, epoch: int, rank: int) -> int:
+    return int(np.random.SeedSequence([max(seed, 0), epoch, rank]).generate_state(1)[0])
+
+
+@TRAINER_REGISTRY.register()
+class ExtTrainer(DefaultTrainer):
+    """fast-reid ``DefaultTrainer`` with what cross-modal methods need.
+
+    * Epoch-deterministic data: the sampler order and every RNG (augmentation, MLM masking,
+      dropout) are re-seeded from (SEED, epoch, rank) at each epoch start, so ``--resume`` after an
+      interruption reproduces the uninterrupted run exactly.
+    * Hooks may replace the training set between epochs (:meth:`set_train_set`); the loader,
+      ``iters_per_epoch`` and ``max_iter`` follow, and the LR schedule is defined in epochs.
+    * Per-parameter-group LRs (pretrained encoders vs new modules, bias factor), warm-up + cosine
+      or multi-step schedules, AMP (bf16/fp16) on GPU only, device-aware DDP with a
+      ``find_unused_parameters`` switch.
+    * Method hooks (``TRAINER.HOOKS``, HOOK_REGISTRY) and evaluators (``TEST.EVALUATOR``,
+      EVALUATOR_REGISTRY). Hooks with ``state_dict``/``load_state_dict`` are checkpointed.
+    """
+
+    def __init__(self, cfg: CfgNode) -> None:
+        TrainerBase.__init__(self)
+        if not logging.getLogger("fastreid").isEnabledFor(logging.INFO):
+            setup_logger()
+        train_set = self.build_train_set(cfg)
+        cfg = self.auto_scale_hyperparams(cfg, getattr(train_set, "num_classes", 0))
+        self.cfg = cfg
+        model = self.build_model(cfg)
+        optimizer = self.build_optimizer(cfg, model)
+        if comm.get_world_size() > 1:
+            on_cuda = next(model.parameters()).device.type == "cuda"
+            model = DistributedDataParallel(
+                model,
+                device_ids=[comm.get_local_rank()] if on_cuda else None,
+                broadcast_buffers=False,
+                find_unused_parameters=cfg.TRAINER.FIND_UNUSED_PARAMETERS,
+            )
+        device = torch.device(cfg.MODEL.DEVICE)
+        amp_dtype = resolve_amp_dtype(cfg.SOLVER.AMP.ENABLED, cfg.SOLVER.AMP.DTYPE, device)
+        if cfg.SOLVER.AMP.ENABLED and amp_dtype is None:
+            logger.warning("SOLVER.AMP.ENABLED is ignored on %s: AMP runs on CUDA only", device)
+        clip = cfg.SOLVER.CLIP_GRADIENTS
+        self._trainer = StepRunner(
+            model,
+            None,
+            optimizer,
+            amp_dtype=amp_dtype,
+            clip_grad_norm=clip.CLIP_VALUE if clip.ENABLED else 0.0,
+        )
+        self.schedule = build_lr_schedule(cfg)
+        self.scheduler: Dict[str, Any] = {}
+        self.checkpointer = Checkpointer(
+            model, cfg.OUTPUT_DIR, save_to_disk=comm.is_main_process(), optimizer=optimizer
+        )
+        self.start_epoch = 0
+        self.start_iter = 0
+        self.epoch_start_iter = 0
+        self.max_epoch = cfg.SOLVER.MAX_EPOCH
+        self.warmup_iters = 0
+        self.delay_epochs = 0
+        self.set_train_set(train_set)
+        self.register_hooks(self.build_hooks())
+        for hook in self._hooks:
+            if hasattr(hook, "state_dict") and hasattr(hook, "load_state_dict"):
+                self.checkpointer.checkpointables[f"hook_{type(hook).__name__}"] = hook
+
+    # ------------------------------------------------------------------ data
+    @classmethod
+    def build_train_set(cls, cfg: CfgNode) -> Dataset:
+        """The training set (default: one item per caption of the text-image datasets in
+        ``DATASETS.NAMES``). Methods with other data override this."""
+        pairs: List[Any] = []
+        offset = 0
+        for name in cfg.DATASETS.NAMES:
+            data = load_text_image_dataset(name, cfg)
+            if comm.is_main_process():
+                data.show_summary()
+            pairs.extend(
+                p.__class__(p.pid + offset, p.image_id, p.img_path, p.caption) for p in data.train
+            )
+            offset += data.num_train_pids
+        return TextImageTrainSet(
+            pairs,
+            build_image_transforms(cfg, is_train=True),
+            ClipTokenizer(cfg.MODEL.CLIP.CONTEXT_LENGTH),
+            mlm=cfg.INPUT.TEXT.MLM or "MLM" in cfg.MODEL.T2I.LOSSES,
+            mlm_prob=cfg.INPUT.TEXT.MLM_PROB,
+        )
+
+    @classmethod
+    def num_train_classes(cls, cfg: CfgNode) -> int:
+        """Number of training identities (sizes the classifier when evaluating a checkpoint)."""
+        return int(getattr(cls.build_train_set(cfg), "num_classes", 0))
+
+    @classmethod
+    def build_train_loader(
+        cls,
+        cfg: CfgNode,
+        train_set: Optional[Dataset] = None,
+        sampler: Optional[EpochBatchSampler] = None,
+    ):
+        """Loader over ``train_set`` with an epoch batch sampler."""
+        if train_set is None:
+            train_set = cls.build_train_set(cfg)
+        return build_t2i_train_loader(cfg, train_set, sampler)
+
+    def set_train_set(self, train_set: Dataset, sampler: Optional[EpochBatchSampler] = None):
+        """Replace the training set (e.g. new pseudo labels); takes effect at the next epoch start
+        when called from a ``before_epoch`` hook."""
+        self.train_set = train_set
+        loader = self.build_train_loader(self.cfg, train_set, sampler)
+        self._trainer.data_loader = loader
+        self.iters_per_epoch = len(loader.batch_sampler)
+        remaining = max(self.max_epoch - getattr(self, "epoch", self.start_epoch), 0)
+        self.max_iter = getattr(self, "iter", self.start_iter) + remaining * self.iters_per_epoch
+
+    # ------------------------------------------------------------------ model
+    @classmethod
+    def build_model(cls, cfg: CfgNode) -> torch.nn.Module:
+        lookup(META_ARCH_REGISTRY, cfg.MODEL.META_ARCHITECTURE, "MODEL.META_ARCHITECTURE")
+        return super().build_model(cfg)
+
+    @classmethod
+    def build_optimizer(cls, cfg: CfgNode, model: torch.nn.Module) -> torch.optim.Optimizer:
+        return build_optimizer(cfg, model)
+
+    # ------------------------------------------------------------------ hooks
+    def build_hooks(self) -> List[Any]:
+        cfg = self.cfg
+        ret: List[Any] = [
+            fr_hooks.IterationTimer(),
+            LRScheduleHook(self.schedule),
+            ProgressLogger(),
+        ]
+        for name in cfg.TRAINER.HOOKS:
+            ret.append(lookup(HOOK_REGISTRY, name, "TRAINER.HOOKS")(cfg, self))
+
+        def test_and_save_results():
+            self._last_eval_results = self.test(self.cfg, self.model)
+            return self._last_eval_results
+
+        ret.append(fr_hooks.EvalHook(cfg.TEST.EVAL_PERIOD, test_and_save_results))
+        if comm.is_main_process():
+            metric_key = (
+                "metric" if len(cfg.DATASETS.TESTS) == 1 else f"{cfg.DATASETS.TESTS[0]}/metric"
+            )
+            ret.append(
+                EpochCheckpointer(
+                    self.checkpointer, cfg.SOLVER.CHECKPOINT_PERIOD, self.max_epoch, metric_key
+                )
+            )
+            ret.append(fr_hooks.PeriodicWriter(self.build_writers(), cfg.TRAINER.LOG_PERIOD))
+        return ret
+
+    # ------------------------------------------------------------------ loop
+    def resume_or_load(self, resume: bool = True) -> None:
+        checkpoint = self.checkpointer.resume_or_load(self.cfg.MODEL.WEIGHTS, resume=resume)
+        if resume and self.checkpointer.has_checkpoint():
+            self.start_epoch = int(checkpoint.get("epoch", -1)) + 1
+            self.start_iter = int(
+                checkpoint.get("iteration", self.start_epoch * self.iters_per_epoch)
+            )
+            logger.info("Resuming at epoch %d (iteration %d)", self.start_epoch, self.start_iter)
+
+    def before_epoch(self) -> None:
+        self.storage.epoch = self.epoch
+        self._seed_epoch(offset=0)
+        for h in self._hooks:
+            h.before_epoch()
+        # Data order and augmentation randomness depend only on (seed, epoch, rank).
+        self._seed_epoch(offset=1)
+        self.epoch_start_iter = self.iter
+        self._trainer.data_loader.batch_sampler.set_epoch(self.epoch)
+        self._trainer.reset_data_iterator()
+
+    def stops_after_epoch(self) -> bool:
+        """True when ``TRAINER.STOP_AFTER_EPOCHS`` ends this invocation after the current epoch."""
+        n = self.cfg.TRAINER.STOP_AFTER_EPOCHS
+        return n > 0 and self.epoch + 1 - self.start_epoch >= n and self.epoch + 1 < self.max_epoch
+
+    def _seed_epoch(self, offset: int) -> None:
+        import random
+
+        seed = _epoch_seed(self.cfg.SEED, 2 * self.epoch + offset, comm.get_rank())
+        random.seed(seed)
+        np.random.seed(seed % (2**32))
+        torch.manual_seed(seed)
+
+    def train(self) -> Optional[Dict[str, Any]]:
+        if self.start_epoch >= self.max_epoch:
+            logger.info(
+                "Training already finished (epoch %d of %d)", self.start_epoch, self.max_epoch
+            )
+            if comm.is_main_process():
+                return self.test(self.cfg, self.model)
+            return None
+        self.iter = self.start_iter
+        self.max_iter = self.start_iter + (self.max_epoch - self.start_epoch) * self.iters_per_epoch
+        logger.info("Starting training from epoch %d", self.start_epoch)
+        with EventStorage(self.start_iter) as self.storage:
+            try:
+                self.before_train()
+                for epoch in range(self.start_epoch, self.max_epoch):
+                    self.epoch = epoch
+                    self.before_epoch()
+                    for _ in range(self.iters_per_epoch):
+                        self.before_step()
+                        self.run_step()
+                        self.after_step()
+                        self.iter += 1
+                    self.after_epoch()
+                    if self.stops_after_epoch():
+                        logger.info(
+                            "Stopping after epoch %d (TRAINER.STOP_AFTER_EPOCHS); "
+                            "continue with --resume",
+                            self.epoch + 1,
+                        )
+                        break
+            finally:
+                self.after_train()
+        if comm.is_main_process():
+            return getattr(self, "_last_eval_results", None)
+        return None
+
+    # ------------------------------------------------------------------ evaluation
+    @classmethod
+    def build_evaluator(cls, cfg: CfgNode, dataset_name: str, output_dir: Optional[str] = None):
+        if cfg.TEST.EVALUATOR:
+            evaluator_cls = lookup(EVALUATOR_REGISTRY, cfg.TEST.EVALUATOR, "TEST.EVALUATOR")
+            return evaluator_cls.build(cfg, dataset_name, output_dir or cfg.OUTPUT_DIR)
+        return super().build_evaluator(cfg, dataset_name, output_dir)
+
+    @classmethod
+    def test(cls, cfg: CfgNode, model: torch.nn.Module) -> Dict[str, Any]:
+        if not cfg.TEST.EVALUATOR:
+            return super().test(cfg, model)
+        results: OrderedDict[str, Any] = OrderedDict()
+        for dataset_name in cfg.DATASETS.TESTS:
+            data_loader, evaluator = cls.build_evaluator(cfg, dataset_name)
+            res = run_inference(model, data_loader, evaluator, desc=f"Evaluating {dataset_name}")
+            results[dataset_name] = res
+            if comm.is_main_process() and res:
+                logger.info("Evaluation results for %s in csv format:", dataset_name)
+                table = OrderedDict(res)
+                table["dataset"] = dataset_name
+                print_csv_format(table)
+        if len(results) == 1:
+            return list(results.values())[0]
+        return results
+
+
+def build_trainer(cfg: CfgNode) -> ExtTrainer:
+    """Instantiate ``cfg.TRAINER.NAME`` from TRAINER_REGISTRY."""
+    return lookup(TRAINER_REGISTRY, cfg.TRAINER.NAME, "TRAINER.NAME")(cfg)

@@ -38,7 +38,7 @@ def synthetic_root(tmp_path_factory) -> str:
     return str(root)
 
 
-def tiny_opts(root: str, output_dir: str, epochs: int = 2) -> List[str]:
+def tiny_opts(root: str, output_dir: str, epochs: int = 2, workers: int = 0) -> List[str]:
     """Config overrides for a fast CPU run of configs/Baseline/demo.yml on ``root``."""
     return [
         "DATASETS.ROOT",
@@ -61,6 +61,8 @@ def tiny_opts(root: str, output_dir: str, epochs: int = 2) -> List[str]:
         "1",
         "TEST.IMS_PER_BATCH",
         "32",
+        "DATALOADER.NUM_WORKERS",
+        str(workers),
     ]
 
 

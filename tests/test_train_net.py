@@ -29,7 +29,9 @@ def _weights(path: Path) -> dict:
 def full_run(synthetic_root, tmp_path_factory):
     """Three epochs uninterrupted (the reference for resume and eval-only)."""
     out = tmp_path_factory.mktemp("full")
-    run_train_net(["--config-file", DEMO, *tiny_opts(synthetic_root, str(out), epochs=3)])
+    run_train_net(
+        ["--config-file", DEMO, *tiny_opts(synthetic_root, str(out), epochs=3, workers=1)]
+    )
     return out
 
 
@@ -54,7 +56,7 @@ def test_training_writes_metrics_and_checkpoints(full_run):
 
 def test_resume_after_interruption_matches_uninterrupted(full_run, synthetic_root, tmp_path):
     out = str(tmp_path / "resumed")
-    opts = tiny_opts(synthetic_root, out, epochs=3)
+    opts = tiny_opts(synthetic_root, out, epochs=3, workers=1)
     run_train_net(["--config-file", DEMO, *opts, "TRAINER.STOP_AFTER_EPOCHS", "1"])
     assert not os.path.exists(os.path.join(out, "model_final.pth"))
     run_train_net(["--config-file", DEMO, "--resume", *opts])
@@ -66,21 +68,35 @@ def test_resume_after_interruption_matches_uninterrupted(full_run, synthetic_roo
 
 
 def test_eval_only_reproduces_final_metrics(full_run, synthetic_root, tmp_path):
-    out = str(tmp_path / "eval")
+    out = tmp_path / "eval"
     run_train_net(
         [
             "--config-file",
             DEMO,
             "--eval-only",
-            *tiny_opts(synthetic_root, out),
+            *tiny_opts(synthetic_root, str(out)),
             "MODEL.WEIGHTS",
             str(full_run / "model_final.pth"),
+            "TEST.T2I.DIRECTION",
+            "both",
+            "TEST.T2I.SAVE_RANKING_TOPK",
+            "5",
         ]
     )
     final = _results(full_run / "results.json")
-    evaluated = _results(Path(out) / "eval_results.json")
+    evaluated = _results(out / "eval_results.json")
     for key in ("R1", "R5", "R10", "mAP", "mINP"):
         assert evaluated[key] == pytest.approx(final[key], abs=1e-6)
+        assert 0.0 <= evaluated[f"i2t/{key}"] <= 100.0
+    lines = (out / "ranking_CUHKPEDES.jsonl").read_text().splitlines()
+    first = json.loads(lines[0])
+    assert len(lines) == 8 * 3 * 2  # every test caption is a query
+    assert len(first["ranking"]) == 5
+    scores = [r["score"] for r in first["ranking"]]
+    assert scores == sorted(scores, reverse=True)
+    assert any(r["match"] for line in lines for r in json.loads(line)["ranking"][:1]) == (
+        final["R1"] > 0
+    )
 
 
 def test_eval_only_rejects_wrong_checkpoint(synthetic_root, tmp_path):
@@ -165,3 +181,28 @@ def test_unknown_names_give_clear_errors(synthetic_root, tmp_path):
                 "NoSuchMethod",
             ]
         )
+
+
+def test_torchrun_two_processes(synthetic_root, tmp_path):
+    """``torchrun --nproc_per_node 2 tools/train_net.py`` (env:// initialisation, gloo on CPU)."""
+    import subprocess
+    import sys
+
+    out = tmp_path / "torchrun"
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONHASHSEED="0")
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        str(REPO / "tools" / "train_net.py"),
+        "--config-file",
+        DEMO,
+        *tiny_opts(synthetic_root, str(out), epochs=1),
+    ]
+    proc = subprocess.run(cmd, cwd=str(REPO), env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    assert "World size: 2" in (out / "log.txt").read_text()
+    assert "R1" in _results(out / "results.json")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence
 
 import torch
@@ -153,12 +154,17 @@ def collate(batch: List[Dict[str, Any]]) -> Dict[str, Any]:
 
 
 def _loader(dataset: Dataset, batch_sampler: Any, cfg: CfgNode) -> DataLoader:
+    workers = cfg.DATALOADER.NUM_WORKERS
+    # Processes started by ``launch`` (mp.spawn) default to "spawn" for their loader workers,
+    # which re-import torch in every worker; fork them instead where the platform allows it.
+    context = "fork" if workers > 0 and sys.platform.startswith("linux") else None
     return DataLoader(
         dataset,
         batch_sampler=batch_sampler,
-        num_workers=cfg.DATALOADER.NUM_WORKERS,
+        num_workers=workers,
         collate_fn=collate,
         pin_memory=torch.cuda.is_available() and cfg.MODEL.DEVICE != "cpu",
+        multiprocessing_context=context,
     )
 
 

@@ -15,34 +15,12 @@ from fastreid.utils import comm
 from torch.utils.data import DataLoader, Dataset
 
 from ..data.samplers import InferenceBatchSampler
-from ..data.text_image import collate, read_image
+from ..data.text_image import GalleryImageSet, QueryCaptionSet, collate
 from ..data.transforms import build_image_transforms
 from ..text.tokenizer import ClipTokenizer
 from ..utils.progress import progress
 
 __all__ = ["extract_pair_features"]
-
-
-class _Images(Dataset):
-    def __init__(self, paths: Sequence[str], transform: Any) -> None:
-        self.paths, self.transform = list(paths), transform
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def __getitem__(self, i: int) -> Dict[str, Any]:
-        return {"images": self.transform(read_image(self.paths[i])), "indices": i}
-
-
-class _Captions(Dataset):
-    def __init__(self, captions: Sequence[str], tokenizer: ClipTokenizer) -> None:
-        self.captions, self.tokenizer = list(captions), tokenizer
-
-    def __len__(self) -> int:
-        return len(self.captions)
-
-    def __getitem__(self, i: int) -> Dict[str, Any]:
-        return {"caption_ids": self.tokenizer.encode(self.captions[i]), "indices": i}
 
 
 def _encode(
@@ -91,8 +69,13 @@ def extract_pair_features(
     first_path: Dict[int, str] = {}
     for p in pairs:
         first_path.setdefault(p.image_id, p.img_path)
-    images = _Images([first_path[i] for i in order], build_image_transforms(cfg, is_train=False))
-    captions = _Captions([p.caption for p in pairs], ClipTokenizer(cfg.MODEL.CLIP.CONTEXT_LENGTH))
+    # Identity labels are not needed (and not read): the "targets" of these sets are dummies.
+    images = GalleryImageSet(
+        [first_path[i] for i in order], [-1] * len(order), build_image_transforms(cfg, False)
+    )
+    captions = QueryCaptionSet(
+        [p.caption for p in pairs], [-1] * len(pairs), ClipTokenizer(cfg.MODEL.CLIP.CONTEXT_LENGTH)
+    )
     img_feats = _encode(model, images, "image_feats", cfg, batch_size, "Encoding train images")
     txt_feats = _encode(model, captions, "text_feats", cfg, batch_size, "Encoding train captions")
     return img_feats[torch.tensor([slot[i] for i in image_ids])], txt_feats

@@ -257,6 +257,14 @@ def test_queries_without_positive_raise_or_are_skipped(caplog):
     assert torch.equal(got["topk_indices"], full_order)
 
 
+def test_progress_bar_over_chunks(capsys):
+    qf, gf, qp, gp = dyadic_case(6, 10, 12, 3)
+    quiet = retrieval_metrics(qf, gf, qp, gp, normalize=False, chunk_size=4)
+    shown = retrieval_metrics(qf, gf, qp, gp, normalize=False, chunk_size=4, progress=True)
+    assert shown == quiet
+    assert "t2i retrieval" in capsys.readouterr().err
+
+
 def test_invalid_inputs_name_the_argument():
     qf, gf, qp, gp = dyadic_case(0, 4, 6, 2)
     with pytest.raises(ValueError, match="feature dims differ"):

@@ -61,6 +61,11 @@ def test_hook_changes_training_set_between_epochs(synthetic_root, tmp_path):
     assert len(trainer.train_set) == full // 2
     assert hook.steps == {0: full // batch, 1: (full // 2) // batch, 2: (full // 2) // batch}
     assert trainer.iter == sum(hook.steps.values()) == trainer.max_iter
+    # the console printer's ETA follows the new max_iter (fast-reid's fixes it at build time)
+    printers = [
+        w for h in trainer._hooks for w in getattr(h, "_writers", []) if hasattr(w, "_max_iter")
+    ]
+    assert printers and all(p._max_iter == trainer.max_iter < full // batch * 3 for p in printers)
     # epoch-based LR: warm-up factor 0.1 at epoch 0, full LR at epoch 1 (1 warm-up epoch)
     base = cfg.SOLVER.BASE_LR
     assert abs(hook.lrs[0] - 0.1 * base) < 1e-12 and abs(hook.lrs[1] - base) < 1e-12

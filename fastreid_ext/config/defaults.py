@@ -28,6 +28,9 @@ def add_fastreid_ext_config(cfg: CN) -> None:
     _C.TRAINER.HOOKS = []
     # DDP find_unused_parameters (needed when some modules do not get a gradient every step).
     _C.TRAINER.FIND_UNUSED_PARAMETERS = False
+    # DDP broadcast_buffers: False (fast-reid's choice) lets BN running statistics differ per rank;
+    # rank 0's are the ones checkpointed and evaluated. True syncs them from rank 0 every forward.
+    _C.TRAINER.BROADCAST_BUFFERS = False
     # Log training progress every this many iterations.
     _C.TRAINER.LOG_PERIOD = 20
     # Stop cleanly (with a checkpoint) after this many epochs in one invocation, for time-limited

@@ -6,7 +6,7 @@ per-epoch clustering. Every rank ends with the same tensors.
 
 from __future__ import annotations
 
-from typing import Any, Dict, List, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
 from fastreid.config import CfgNode
@@ -53,16 +53,27 @@ def _encode(
 
 
 def extract_pair_features(
-    model: torch.nn.Module, pairs: Sequence[Any], cfg: CfgNode, batch_size: int = 0
+    model: torch.nn.Module,
+    pairs: Sequence[Any],
+    cfg: CfgNode,
+    batch_size: int = 0,
+    size: Optional[Sequence[int]] = None,
 ) -> Tuple[torch.Tensor, torch.Tensor]:
     """Image and text features of every training pair, ``([N, D], [N, D])`` float32 on CPU.
 
     ``model`` follows the text-image inference contract (``{"images"} -> {"image_feats"}``,
-    ``{"caption_ids"} -> {"text_feats"}``). Images use the test transform; each distinct image
-    (by ``image_id``) is encoded once and shared by its captions. Work is split over ranks and
-    the result is identical on every rank.
+    ``{"caption_ids"} -> {"text_feats"}``). Images use the test transform (no augmentation) at
+    ``size`` ([H, W]; ``None``: ``INPUT.SIZE_TEST``); each distinct image (by ``image_id``) is
+    encoded once and shared by its captions. Work is split over ranks and the result is
+    identical on every rank.
     """
     batch_size = batch_size or max(1, cfg.TEST.IMS_PER_BATCH // comm.get_world_size())
+    if size is not None:
+        if len(size) != 2:
+            raise ValueError(f"extract_pair_features: size must be [H, W], got {list(size)}")
+        cfg = cfg.clone()
+        cfg.defrost()
+        cfg.INPUT.SIZE_TEST = [int(x) for x in size]
     image_ids = [p.image_id for p in pairs]
     order = sorted(set(image_ids))
     slot = {img: k for k, img in enumerate(order)}

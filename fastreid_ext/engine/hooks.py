@@ -7,10 +7,11 @@ import time
 
 from fastreid.engine.train_loop import HookBase
 from fastreid.utils import comm
+from fastreid.utils.events import CommonMetricPrinter
 
 from ..solver.schedule import LRSchedule
 
-__all__ = ["LRScheduleHook", "EpochCheckpointer", "ProgressLogger"]
+__all__ = ["LRScheduleHook", "EpochCheckpointer", "ProgressLogger", "TrainerMetricPrinter"]
 
 logger = logging.getLogger(__name__)
 
@@ -81,3 +82,23 @@ class ProgressLogger(HookBase):
                 t.iters_per_epoch,
                 time.perf_counter() - self._start,
             )
+
+
+class TrainerMetricPrinter(CommonMetricPrinter):
+    """fast-reid's console metric printer whose ETA follows ``trainer.max_iter``.
+
+    fast-reid's printer fixes ``max_iter`` when it is built; a hook that changes the training set
+    (CPCL's pseudo labels) changes ``max_iter`` afterwards, which made the ETA wrong.
+    """
+
+    def __init__(self, trainer) -> None:
+        super().__init__(trainer.max_iter)
+        self._trainer = trainer
+
+    @property
+    def _max_iter(self) -> int:
+        return int(self._trainer.max_iter)
+
+    @_max_iter.setter
+    def _max_iter(self, value: int) -> None:  # set by the parent constructor; trainer wins
+        pass

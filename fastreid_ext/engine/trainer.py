@@ -16,7 +16,7 @@ from fastreid.evaluation.testing import print_csv_format
 from fastreid.modeling.meta_arch import META_ARCH_REGISTRY
 from fastreid.utils import comm
 from fastreid.utils.checkpoint import Checkpointer
-from fastreid.utils.events import EventStorage
+from fastreid.utils.events import CommonMetricPrinter, EventStorage
 from fastreid.utils.logger import setup_logger
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import Dataset
@@ -28,7 +28,7 @@ from ..evaluation.inference import run_inference
 from ..registry import EVALUATOR_REGISTRY, HOOK_REGISTRY, TRAINER_REGISTRY, lookup
 from ..solver import build_lr_schedule, build_optimizer
 from ..text.tokenizer import ClipTokenizer
-from .hooks import EpochCheckpointer, LRScheduleHook, ProgressLogger
+from .hooks import EpochCheckpointer, LRScheduleHook, ProgressLogger, TrainerMetricPrinter
 from .step import StepRunner, resolve_amp_dtype
 
 __all__ = ["ExtTrainer", "build_trainer"]
@@ -70,7 +70,7 @@ class ExtTrainer(DefaultTrainer):
             model = DistributedDataParallel(
                 model,
                 device_ids=[comm.get_local_rank()] if on_cuda else None,
-                broadcast_buffers=False,
+                broadcast_buffers=cfg.TRAINER.BROADCAST_BUFFERS,
                 find_unused_parameters=cfg.TRAINER.FIND_UNUSED_PARAMETERS,
             )
         device = torch.device(cfg.MODEL.DEVICE)
@@ -108,15 +108,18 @@ class ExtTrainer(DefaultTrainer):
         """The training set (default: one item per caption of the text-image datasets in
         ``DATASETS.NAMES``). Methods with other data override this."""
         pairs: List[Any] = []
-        offset = 0
+        pid_offset = image_offset = 0
         for name in cfg.DATASETS.NAMES:
             data = load_text_image_dataset(name, cfg)
             if comm.is_main_process():
                 data.show_summary()
+            # identities and images of several datasets must not share ids
             pairs.extend(
-                p.__class__(p.pid + offset, p.image_id, p.img_path, p.caption) for p in data.train
+                p.__class__(p.pid + pid_offset, p.image_id + image_offset, p.img_path, p.caption)
+                for p in data.train
             )
-            offset += data.num_train_pids
+            pid_offset += data.num_train_pids
+            image_offset += data.num_train_images
         return TextImageTrainSet(
             pairs,
             build_image_transforms(cfg, is_train=True),
@@ -189,6 +192,13 @@ class ExtTrainer(DefaultTrainer):
             )
             ret.append(fr_hooks.PeriodicWriter(self.build_writers(), cfg.TRAINER.LOG_PERIOD))
         return ret
+
+    def build_writers(self) -> List[Any]:
+        """fast-reid's writers, with a console printer whose ETA follows a changing ``max_iter``."""
+        writers = super().build_writers()
+        return [
+            TrainerMetricPrinter(self) if type(w) is CommonMetricPrinter else w for w in writers
+        ]
 
     # ------------------------------------------------------------------ loop
     def resume_or_load(self, resume: bool = True) -> None:

@@ -12,13 +12,15 @@ similarity of L2-normalised features; no re-ranking, no camera filtering, no rem
 * INP = #pos / rank of the last positive; mINP = mean INP (%).
 
 How it stays cheap: similarities are computed in float32, ``chunk_size`` queries at a time. Each
-chunk's similarities are mapped (in place, order-preserving) to int32 keys and every row is sorted
-by value -- an integer value sort, not an argsort (numpy's SIMD sort on CPU, run on
-``torch.get_num_threads()`` threads; ``torch.sort`` elsewhere). The rank of each positive is then
-one binary search of its key in its sorted row. Exact ties between a positive and any other item
-are detected from the sorted neighbour; for those (rare) positives the equal items with a smaller
-gallery index are counted by a row scan (or a stable sort of rows with many tied positives). Peak
-extra memory is about ``chunk_size * Ng * 8`` bytes plus ``chunk_size * max #pos * 8 * few``.
+chunk's similarities are mapped (order-preserving) to int32 keys; the keys below a row's lowest
+positive are raised to one common value just under it (no count changes, and the sort gets much
+cheaper); every row is then sorted by value -- an integer value sort, not an argsort (numpy's SIMD
+sort on CPU, on ``torch.get_num_threads()`` threads; ``torch.sort`` elsewhere). The rank of each
+positive is one binary search of its key in its sorted row. Exact ties between a positive and any
+other item are detected from the sorted neighbour; for those (rare) positives the equal items with
+a smaller gallery index are counted by a row scan (or a stable sort of rows with many tied
+positives). Extra memory is about ``chunk_size * Ng * 8`` bytes plus ``chunk_size * max #pos * 8``
+times a few.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ __all__ = ["retrieval_metrics"]
 logger = logging.getLogger(__name__)
 
 _INT32_LOW_BITS = 0x7FFFFFFF
+_INT32_MIN, _INT32_MAX = -(2**31), 2**31 - 1
 # A row with more tied positives than this is re-ranked by a stable sort instead of row scans.
 _MAX_ROW_SCANS = 16
 
@@ -108,6 +111,45 @@ def _positive_lists(query_pids: Tensor, gallery_pids: Tensor) -> tuple[Tensor, T
     slot = torch.searchsorted(unique_pids, query_pids).clamp_(max=unique_pids.numel() - 1)
     found = unique_pids[slot] == query_pids
     return order, starts[slot], torch.where(found, counts[slot], torch.zeros_like(counts[slot]))
+
+
+def _positive_ranks(
+    sims: Tensor,
+    keys: Tensor,
+    pos_idx: Tensor,
+    valid: Tensor,
+    pool: ThreadPoolExecutor | None,
+    workers: int,
+) -> Tensor:
+    """Stable 1-based ranks [C, P] of the gallery items ``pos_idx`` [C, P] in each row of ``sims``.
+
+    ``sims`` [C, Ng] float32 (no -0.0); ``keys`` an int32 [C, Ng] work buffer; ``valid`` [C, P]
+    marks the real entries of ``pos_idx`` (padding is ignored; its ranks are meaningless).
+    rank = 1 + #{greater} + #{equal with a smaller gallery index}.
+    """
+    num_g = sims.shape[1]
+    pos_keys = _ordered_int32_keys(sims.gather(1, pos_idx))
+    # Items below a row's lowest positive only matter through their count: raising them all to
+    # one value under it leaves every count unchanged and makes the row sort several times faster.
+    lowest = torch.where(valid, pos_keys, torch.full_like(pos_keys, _INT32_MAX)).amin(1)
+    # (a row without positives -- a skipped query -- becomes constant; its ranks are unused)
+    floor = lowest.clamp_(min=_INT32_MIN + 1).sub_(1)
+    _ordered_int32_keys(sims, out=keys)
+    torch.maximum(keys, floor[:, None], out=keys)
+    _sort_rows_(keys, pool, workers)
+
+    num_le = torch.searchsorted(keys, pos_keys, right=True)  # items with key <= own key
+    ranks = num_g - num_le + 1
+    below = keys.gather(1, (num_le - 2).clamp_(min=0))
+    tied = valid & (num_le >= 2) & (below == pos_keys)
+    if tied.any():  # exact float32 ties are rare, but they do happen at ICFG scale
+        # few tied positives in a row: scan the row once per tied positive; many: sort the row
+        many = tied.sum(1) > _MAX_ROW_SCANS
+        for part in many.nonzero().squeeze(1).split(max(1, sims.shape[0] // 8)):
+            ranks[part] = _stable_ranks(sims[part], pos_idx[part])
+        rows, cols = (tied & ~many[:, None]).nonzero().unbind(1)
+        ranks[rows, cols] += _equal_before_counts(sims, rows, pos_idx[rows, cols], sims.shape[0])
+    return ranks
 
 
 def _check_inputs(qf: Tensor, gf: Tensor, qp: Tensor, gp: Tensor, chunk_size: int) -> None:
@@ -210,15 +252,11 @@ def retrieval_metrics(
         starts = range(0, num_q, chunk)
         for lo in tqdm(starts, desc="t2i retrieval", disable=not progress, total=len(starts)):
             hi = min(lo + chunk, num_q)
-            sims, keys = sims_buf[: hi - lo], keys_buf[: hi - lo]
+            sims = sims_buf[: hi - lo]
             torch.mm(qf[lo:hi], gf_t, out=sims)
             sims.add_(0.0)  # -0.0 -> +0.0, so that equal similarities get equal keys
-            _ordered_int32_keys(sims, out=keys)
-            _sort_rows_(keys, pool, workers)
-
             if k_ret:
-                topk_chunks.append(_stable_topk(sims, keys, k_ret))
-
+                topk_chunks.append(_stable_topk(sims, k_ret))
             count = pos_count[lo:hi]
             max_pos = int(count.max())
             if max_pos == 0:
@@ -227,19 +265,7 @@ def retrieval_metrics(
             valid = offsets < count[:, None]
             slots = (pos_start[lo:hi, None] + offsets).clamp_(max=num_g - 1)
             pos_idx = torch.where(valid, order[slots], torch.zeros_like(slots))
-            pos_keys = _ordered_int32_keys(sims.gather(1, pos_idx))
-            num_le = torch.searchsorted(keys, pos_keys, right=True)  # items with key <= own key
-            below = keys.gather(1, (num_le - 2).clamp_(min=0))
-            # rank = 1 + #{greater} + #{equal with a smaller gallery index}
-            ranks = num_g - num_le + 1
-            tied = valid & (num_le >= 2) & (below == pos_keys)
-            if tied.any():  # exact float32 ties are rare, but they do happen at ICFG scale
-                # few tied positives in a row: scan the row once per tied positive; many: sort it
-                many = tied.sum(1) > _MAX_ROW_SCANS
-                for part in many.nonzero().squeeze(1).split(max(1, chunk // 8)):
-                    ranks[part] = _stable_ranks(sims[part], pos_idx[part])
-                rows, cols = (tied & ~many[:, None]).nonzero().unbind(1)
-                ranks[rows, cols] += _equal_before_counts(sims, rows, pos_idx[rows, cols], chunk)
+            ranks = _positive_ranks(sims, keys_buf[: hi - lo], pos_idx, valid, pool, workers)
 
             ranks = torch.where(valid, ranks, torch.full_like(ranks, num_g + 1)).sort(dim=1).values
             has_pos = count > 0
@@ -262,16 +288,15 @@ def retrieval_metrics(
     return result
 
 
-def _stable_topk(sims: Tensor, sorted_keys: Tensor, k: int) -> Tensor:
-    """First ``k`` gallery indices of each row's stable descending ranking.
+def _stable_topk(sims: Tensor, k: int) -> Tensor:
+    """First ``k`` gallery indices [C, k] of each row's stable descending ranking of ``sims``.
 
-    ``sims`` [C, Ng] are the similarities, ``sorted_keys`` [C, Ng] their row-sorted int32 keys.
     ``torch.topk`` gives the right set and order when the first k+1 values are distinct; rows
     with a tie among them are re-ranked with a stable sort.
     """
-    indices = torch.topk(sims, k, dim=1, largest=True, sorted=True).indices
-    head = sorted_keys[:, max(0, sorted_keys.shape[1] - k - 1) :]
-    tied_rows = (head[:, 1:] == head[:, :-1]).any(1).nonzero().squeeze(1)
+    values, indices = torch.topk(sims, min(k + 1, sims.shape[1]), dim=1, sorted=True)
+    indices = indices[:, :k]
+    tied_rows = (values[:, 1:] == values[:, :-1]).any(1).nonzero().squeeze(1)
     for part in tied_rows.split(max(1, sims.shape[0] // 8)):
         indices[part] = torch.sort(sims[part], dim=1, descending=True, stable=True).indices[:, :k]
     return indices

@@ -1,0 +1,227 @@
+"""SYSU-MM01 (Wu et al., ICCV 2017) read from its released layout, with the AGW test protocol."""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import re
+from typing import Dict, List, Sequence, Tuple
+
+import numpy as np
+from fastreid.config import CfgNode
+from fastreid.data.datasets import DATASET_REGISTRY
+from tabulate import tabulate
+
+from .base import (
+    INFRARED,
+    VISIBLE,
+    VIDatasetError,
+    VIEvaluationPlan,
+    VIImage,
+    VIRetrievalTask,
+    contiguous_labels,
+    list_images,
+)
+
+__all__ = ["SYSUMM01CrossModal", "read_id_file", "parse_sysu_setting"]
+
+logger = logging.getLogger(__name__)
+
+VISIBLE_CAMERAS = (1, 2, 4, 5)
+INFRARED_CAMERAS = (3, 6)
+GALLERY_CAMERAS = {"all": (1, 2, 4, 5), "indoor": (1, 2)}
+#: Images drawn per (identity, camera) folder in multi-shot galleries.
+MULTI_SHOT_IMAGES = 10
+
+
+def read_id_file(path: str) -> List[int]:
+    """Identities of an ``exp/*_id.txt`` file: integers separated by commas (one line in the
+    release; any whitespace or extra lines are accepted)."""
+    if not os.path.isfile(path):
+        raise VIDatasetError(f"SYSU-MM01 id file not found: {path}")
+    with open(path) as f:
+        tokens = [t for t in re.split(r"[,\s]+", f.read()) if t]
+    ids = []
+    for t in tokens:
+        if not t.isdigit():
+            raise VIDatasetError(f"{path}: '{t}' is not a non-negative integer identity")
+        ids.append(int(t))
+    if not ids:
+        raise VIDatasetError(f"{path}: no identity listed")
+    return ids
+
+
+def parse_sysu_setting(setting: str) -> Tuple[str, str]:
+    """``"all-single"`` -> ``("all", "single")``; mode in {all, indoor}, shot in {single, multi}."""
+    parts = setting.split("-")
+    if len(parts) != 2 or parts[0] not in GALLERY_CAMERAS or parts[1] not in ("single", "multi"):
+        raise KeyError(
+            f"TEST.VI.SYSU_SETTINGS entry '{setting}' must be '<mode>-<shot>' with mode in "
+            f"{sorted(GALLERY_CAMERAS)} and shot in ['multi', 'single']"
+        )
+    return parts[0], parts[1]
+
+
+@DATASET_REGISTRY.register()
+class SYSUMM01CrossModal:
+    """SYSU-MM01 for visible-infrared ReID: ``<root>/SYSU-MM01/cam{1..6}/<pid:04d>/<img>.jpg`` and
+    ``exp/{train_id,val_id,test_id}.txt``.
+
+    * Training set: identities of train_id and val_id (395 in the release), every image of the
+      visible cameras 1, 2, 4, 5 and the infrared cameras 3, 6 (22,258 + 11,909). Labels are the
+      identities with infrared images, in ascending order (AGW's ``pre_process_sysu``);
+      identities lacking one modality cannot form cross-modal pairs and are dropped (logged).
+    * Query (:meth:`query`): every infrared image of the test identities (3,803), the same for
+      all-search and indoor-search; order: identity ascending, camera 3 then 6, file name.
+    * Gallery (:meth:`gallery`): visible images of the test identities from cameras 1, 2, 4, 5
+      (all-search) or 1, 2 (indoor-search). Single-shot: ``random.seed(trial)`` then one
+      ``random.choice`` per existing (identity, camera) folder in (identity, camera) order -- the
+      AGW draw, reproduced exactly (301 images for all-search). Multi-shot: 10 images per folder
+      without replacement from ``np.random.RandomState(trial)`` (the authors draw from the
+      unseeded global numpy state; folders with fewer than 10 images give all of them).
+
+    Identity folders list files with an image extension (jpg, jpeg, png, bmp), sorted by name.
+    """
+
+    dataset_folder = "SYSU-MM01"
+    protocol = "sysu"
+
+    def __init__(self, root: str = "datasets", **kwargs) -> None:
+        self.root = root
+        self.dataset_dir = os.path.join(root, self.dataset_folder)
+        if not os.path.isdir(self.dataset_dir):
+            raise VIDatasetError(
+                f"SYSU-MM01 folder not found: {self.dataset_dir} (set DATASETS.ROOT to the folder "
+                "that contains SYSU-MM01/)"
+            )
+        exp = os.path.join(self.dataset_dir, "exp")
+        train_ids = read_id_file(os.path.join(exp, "train_id.txt"))
+        val_ids = read_id_file(os.path.join(exp, "val_id.txt"))
+        self.test_ids = sorted(set(read_id_file(os.path.join(exp, "test_id.txt"))))
+        self.train_visible, self.train_infrared = self._load_train(sorted(train_ids + val_ids))
+        self.num_train_pids = len({x.label for x in self.train_infrared})
+        self._test_files: Dict[Tuple[int, int], List[str]] = {
+            (pid, cam): list_images(self._folder(cam, pid))
+            for pid in self.test_ids
+            for cam in VISIBLE_CAMERAS + INFRARED_CAMERAS
+        }
+        if not self.query():
+            raise VIDatasetError(
+                f"{self.dataset_dir}: no infrared image (cam3/cam6) of any test identity"
+            )
+
+    @classmethod
+    def from_config(cls, cfg: CfgNode, root: str) -> SYSUMM01CrossModal:
+        """Build from a config (SYSU has no config-dependent split)."""
+        return cls(root=root)
+
+    def _folder(self, cam: int, pid: int) -> str:
+        return os.path.join(self.dataset_dir, f"cam{cam}", f"{pid:04d}")
+
+    def _load_train(self, ids: Sequence[int]) -> Tuple[List[VIImage], List[VIImage]]:
+        files = {
+            (pid, cam): list_images(self._folder(cam, pid))
+            for pid in ids
+            for cam in VISIBLE_CAMERAS + INFRARED_CAMERAS
+        }
+        has = {
+            m: {pid for (pid, cam), f in files.items() if f and cam in cams}
+            for m, cams in ((VISIBLE, VISIBLE_CAMERAS), (INFRARED, INFRARED_CAMERAS))
+        }
+        usable = has[VISIBLE] & has[INFRARED]
+        dropped = sorted(set(ids) - usable)
+        if dropped:
+            logger.warning(
+                "SYSU-MM01: %d training identities lack visible or infrared images and are "
+                "dropped: %s",
+                len(dropped),
+                dropped[:20],
+            )
+        if not usable:
+            raise VIDatasetError(
+                f"{self.dataset_dir}: no training identity has both visible and infrared images"
+            )
+        labels = contiguous_labels(usable)
+        out: Tuple[List[VIImage], List[VIImage]] = ([], [])
+        for pid in sorted(usable):
+            for modality, cams in ((VISIBLE, VISIBLE_CAMERAS), (INFRARED, INFRARED_CAMERAS)):
+                for cam in cams:
+                    out[modality].extend(
+                        VIImage(p, pid, cam, modality, labels[pid]) for p in files[(pid, cam)]
+                    )
+        return out
+
+    # ------------------------------------------------------------------ protocol
+    def query(self) -> List[VIImage]:
+        """Infrared images (cameras 3 and 6) of the test identities."""
+        return [
+            VIImage(p, pid, cam, INFRARED)
+            for pid in self.test_ids
+            for cam in INFRARED_CAMERAS
+            for p in self._test_files[(pid, cam)]
+        ]
+
+    def gallery(self, trial: int, mode: str = "all", shot: str = "single") -> List[VIImage]:
+        """Visible gallery of one trial (seed ``trial``); see the class docstring."""
+        if mode not in GALLERY_CAMERAS:
+            raise KeyError(f"SYSU gallery mode must be one of {sorted(GALLERY_CAMERAS)}: {mode}")
+        if shot not in ("single", "multi"):
+            raise KeyError(f"SYSU gallery shot must be 'single' or 'multi': {shot}")
+        py_rng = random.Random(trial)
+        np_rng = np.random.RandomState(trial)
+        out: List[VIImage] = []
+        for pid in self.test_ids:
+            for cam in GALLERY_CAMERAS[mode]:
+                files = self._test_files[(pid, cam)]
+                if not files:
+                    continue
+                if shot == "single":
+                    chosen = [py_rng.choice(files)]
+                else:
+                    k = min(MULTI_SHOT_IMAGES, len(files))
+                    chosen = [files[i] for i in np_rng.choice(len(files), k, replace=False)]
+                out.extend(VIImage(p, pid, cam, VISIBLE) for p in chosen)
+        return out
+
+    def evaluation_plan(self, settings: Sequence[str], num_trials: int) -> VIEvaluationPlan:
+        """Query images once, the union of every trial's gallery once, and one task per setting
+        (e.g. ``["all-single", "indoor-single"]``) with ``num_trials`` galleries (seeds 0..)."""
+        if num_trials < 1:
+            raise ValueError(f"TEST.VI.TRIALS must be >= 1, got {num_trials}")
+        query = self.query()
+        images: List[VIImage] = list(query)
+        index = {(x.img_path, x.modality): i for i, x in enumerate(images)}
+        tasks = []
+        for setting in settings:
+            mode, shot = parse_sysu_setting(setting)
+            galleries = []
+            for trial in range(num_trials):
+                idx = []
+                for x in self.gallery(trial, mode, shot):
+                    key = (x.img_path, x.modality)
+                    if key not in index:
+                        index[key] = len(images)
+                        images.append(x)
+                    idx.append(index[key])
+                galleries.append(np.asarray(idx, dtype=np.int64))
+            tasks.append(
+                VIRetrievalTask(setting, "sysu", np.arange(len(query), dtype=np.int64), galleries)
+            )
+        return VIEvaluationPlan(images, tasks)
+
+    def show_summary(self) -> None:
+        """Log image and identity counts of the training set and the test protocol."""
+        query = self.query()
+        rows = [
+            ["train visible", self.num_train_pids, len(self.train_visible)],
+            ["train infrared", self.num_train_pids, len(self.train_infrared)],
+            ["query (cam 3, 6)", len({x.pid for x in query}), len(query)],
+            ["gallery all, trial 0", len(self.test_ids), len(self.gallery(0, "all"))],
+            ["gallery indoor, trial 0", len(self.test_ids), len(self.gallery(0, "indoor"))],
+        ]
+        logger.info(
+            "SYSU-MM01 (%s):\n%s",
+            self.dataset_dir,
+            tabulate(rows, headers=["subset", "# ids", "# images"], tablefmt="pipe"),
+        )

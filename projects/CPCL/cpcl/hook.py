@@ -1,0 +1,230 @@
+"""CPCL's per-epoch pseudo labelling and prototypical-memory maintenance, as a trainer hook."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from typing import Any, Dict, Optional
+
+import numpy as np
+import torch
+from fastreid.config import CfgNode
+from fastreid.engine.train_loop import HookBase
+from fastreid.utils import comm
+
+from fastreid_ext.engine.feature_extraction import extract_pair_features
+from fastreid_ext.modeling.memory import PrototypicalMemory
+from fastreid_ext.registry import HOOK_REGISTRY
+
+from .data import CPCLTrainSet
+from .pseudo_labels import TRAIN_SET_MODES, compute_pseudo_labels, select_training_pairs
+
+__all__ = ["CPCLPseudoLabelHook"]
+
+logger = logging.getLogger("fastreid_ext.cpcl")
+
+
+def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    return model.module if hasattr(model, "module") else model
+
+
+@HOOK_REGISTRY.register()
+class CPCLPseudoLabelHook(HookBase):
+    """Pseudo labels, training set and memories of CPCL.
+
+    ``before_epoch`` (from ``CPCL.CLUSTER.START_EPOCH``, every ``CPCL.CLUSTER.PERIOD`` epochs;
+    before it every label is -1 and the memories are empty): extract the image and text features
+    of every training pair in eval mode (all ranks, dataset order), cluster each modality
+    (k-reciprocal Jaccard + DBSCAN) and mine outliers (OPLM) on the main process, broadcast the
+    labels and centroids, re-initialise both memories, log counts (and the NMI/ARI diagnostic if
+    ``CPCL.DIAGNOSTICS``); then install the epoch's training set with
+    ``trainer.set_train_set`` (loader, sampler, iters_per_epoch and schedule follow).
+    ``after_step``: momentum-update the memories with the batch features of all ranks.
+
+    The state dict (saved in every checkpoint) holds the pseudo labels, the epoch they were
+    computed at and both memories; ``--resume`` restores them exactly.
+    """
+
+    def __init__(self, cfg: CfgNode, trainer: Any) -> None:
+        c = cfg.CPCL
+        if c.TRAIN_SET not in TRAIN_SET_MODES:
+            raise ValueError(
+                f"CPCL.TRAIN_SET must be one of {TRAIN_SET_MODES}, got {c.TRAIN_SET!r}"
+            )
+        if c.CLUSTER.PERIOD < 1:
+            raise ValueError(f"CPCL.CLUSTER.PERIOD must be >= 1, got {c.CLUSTER.PERIOD}")
+        base = trainer.train_set
+        if not isinstance(base, CPCLTrainSet):
+            raise TypeError(
+                "CPCLPseudoLabelHook needs the weakly supervised training set: set TRAINER.NAME "
+                f"to CPCLTrainer (got a {type(base).__name__})"
+            )
+        self.cfg = cfg
+        self.base = base
+        self.image_ids = np.asarray([p.image_id for p in base.pairs], dtype=np.int64)
+        model = _unwrap(trainer.model)
+        dim, device = model.backbone.embed_dim, model.device
+        self.image_memory = PrototypicalMemory(dim, c.PMM.MOMENTUM).to(device)
+        self.text_memory = PrototypicalMemory(dim, c.PMM.MOMENTUM).to(device)
+        self.image_labels: Optional[np.ndarray] = None
+        self.text_labels: Optional[np.ndarray] = None
+        self.labels_epoch = -1
+        self.diagnostics = None
+        if c.DIAGNOSTICS and comm.is_main_process():
+            from .diagnostics import PseudoLabelDiagnostics
+
+            self.diagnostics = PseudoLabelDiagnostics(cfg)
+        self.log_path = os.path.join(cfg.OUTPUT_DIR, "cpcl_pseudo_labels.jsonl")
+
+    # ------------------------------------------------------------------ epoch start
+    def before_epoch(self) -> None:
+        t = self.trainer
+        model = _unwrap(t.model)
+        c = self.cfg.CPCL.CLUSTER
+        if t.epoch < c.START_EPOCH:
+            self._no_labels()
+        elif self.labels_epoch < c.START_EPOCH or t.epoch - self.labels_epoch >= c.PERIOD:
+            self._recluster(model, t.epoch)
+        model.set_memories(self.image_memory, self.text_memory)
+        indices = select_training_pairs(
+            self.image_labels,
+            self.text_labels,
+            self.cfg.CPCL.TRAIN_SET,
+            self.cfg.SOLVER.IMS_PER_BATCH,
+        )
+        b = self.base
+        t.set_train_set(
+            CPCLTrainSet(
+                b.pairs,
+                b.transform,
+                b.tokenizer,
+                self.image_labels,
+                self.text_labels,
+                indices,
+                mlm=b.mlm,
+                mlm_prob=b.mlm_prob,
+            )
+        )
+        if comm.is_main_process():
+            logger.info(
+                "CPCL epoch %d: %d of %d pairs train (%d iterations)",
+                t.epoch,
+                len(indices),
+                len(b.pairs),
+                t.iters_per_epoch,
+            )
+
+    def _no_labels(self) -> None:
+        """Before CLUSTER.START_EPOCH: every pair is an outlier and the memories are empty."""
+        n = len(self.base.pairs)
+        self.image_labels = np.full(n, -1, dtype=np.int64)
+        self.text_labels = np.full(n, -1, dtype=np.int64)
+        self.labels_epoch = -1
+        empty = torch.zeros(0, self.image_memory.dim)
+        self.image_memory.reset(empty)
+        self.text_memory.reset(empty)
+
+    def _recluster(self, model: torch.nn.Module, epoch: int) -> None:
+        start = time.perf_counter()
+        image_feats, text_feats = extract_pair_features(
+            model, self.base.pairs, self.cfg, self.cfg.CPCL.CLUSTER.BATCH_SIZE
+        )
+        payload = None
+        if comm.is_main_process():
+            result = compute_pseudo_labels(image_feats, text_feats, self.image_ids, self.cfg)
+            payload = (
+                result.image_labels,
+                result.text_labels,
+                result.image_centroids,
+                result.text_centroids,
+                result.stats,
+            )
+        if comm.get_world_size() > 1:
+            payload = comm.all_gather(payload)[0]
+        image_labels, text_labels, image_centroids, text_centroids, stats = payload
+        self.image_labels, self.text_labels = image_labels, text_labels
+        self.labels_epoch = epoch
+        self.image_memory.reset(image_centroids)
+        self.text_memory.reset(text_centroids)
+        if comm.is_main_process():
+            record: Dict[str, Any] = {"epoch": epoch, **stats}
+            if self.diagnostics is not None:
+                record.update(self.diagnostics.evaluate(image_labels, text_labels))
+            record["time_total"] = time.perf_counter() - start
+            self._log(record)
+
+    def _log(self, record: Dict[str, Any]) -> None:
+        counts = (
+            f"images {record['image_clusters']} clusters / {record['image_outliers']} outliers "
+            f"({record['image_outliers_after_oplm']} after OPLM), texts "
+            f"{record['text_clusters']} clusters / {record['text_outliers']} outliers "
+            f"({record['text_outliers_after_oplm']} after OPLM)"
+        )
+        quality = ""
+        if "image_nmi" in record:
+            quality = (
+                f"; diagnostic NMI image {record['image_nmi']:.4f} text {record['text_nmi']:.4f}, "
+                f"ARI image {record['image_ari']:.4f} text {record['text_ari']:.4f}"
+            )
+        logger.info(
+            "CPCL pseudo labels at epoch %d: %s%s (%.1f s)",
+            record["epoch"],
+            counts,
+            quality,
+            record["time_total"],
+        )
+        storage = getattr(self.trainer, "storage", None)
+        if storage is not None:
+            for key, value in record.items():
+                if key != "epoch" and not key.startswith("time_"):
+                    storage.put_scalar(f"cpcl/{key}", float(value), smoothing_hint=False)
+        if self.cfg.OUTPUT_DIR:
+            os.makedirs(self.cfg.OUTPUT_DIR, exist_ok=True)
+            with open(self.log_path, "a") as f:
+                f.write(json.dumps(record, default=float) + "\n")
+
+    # ------------------------------------------------------------------ steps
+    def after_step(self) -> None:
+        model = _unwrap(self.trainer.model)
+        step = model.pop_step_features()
+        c = self.cfg.CPCL
+        if step is None or not c.PMM.UPDATE or "PCM" not in c.LOSSES:
+            return
+        self.image_memory.update(step.image_feats, step.image_labels, gather=True)
+        self.text_memory.update(step.text_feats, step.text_labels, gather=True)
+
+    # ------------------------------------------------------------------ checkpointing
+    def state_dict(self) -> Dict[str, Any]:
+        """Pseudo labels (``[N]`` int64, empty before the first clustering), their epoch, and
+        both memories (``[K, D]``)."""
+
+        def labels(x: Optional[np.ndarray]) -> torch.Tensor:
+            return torch.zeros(0, dtype=torch.long) if x is None else torch.from_numpy(x.copy())
+
+        return {
+            "image_labels": labels(self.image_labels),
+            "text_labels": labels(self.text_labels),
+            "labels_epoch": self.labels_epoch,
+            "image_memory": self.image_memory.features.detach().cpu().clone(),
+            "text_memory": self.text_memory.features.detach().cpu().clone(),
+        }
+
+    def load_state_dict(self, state: Dict[str, Any]) -> None:
+        n = len(self.base.pairs)
+        self.labels_epoch = int(state["labels_epoch"])
+        if self.labels_epoch < 0:
+            self.image_labels = self.text_labels = None
+        else:
+            iv = state["image_labels"].numpy().astype(np.int64)
+            it = state["text_labels"].numpy().astype(np.int64)
+            if iv.shape != (n,) or it.shape != (n,):
+                raise ValueError(
+                    f"CPCLPseudoLabelHook: the checkpoint's pseudo labels cover {len(iv)} pairs but "
+                    f"the training set has {n}; was it trained on the same DATASETS.NAMES?"
+                )
+            self.image_labels, self.text_labels = iv, it
+        # bit-exact restore (reset() would re-normalise)
+        self.image_memory.load_state_dict({"features": state["image_memory"]})
+        self.text_memory.load_state_dict({"features": state["text_memory"]})

@@ -1,0 +1,158 @@
+"""CPCL's hybrid-level cross-modal matching losses: PCM (prototypes) and ICPM (instances).
+
+Formulas follow text-reid.md §2.3 [design choice: no public source].
+"""
+
+from __future__ import annotations
+
+from typing import Dict
+
+import torch
+import torch.nn.functional as F
+
+__all__ = ["PCM_MODES", "ICPM_POSITIVES", "pcm_loss", "icpm_positives", "icpm_loss", "hcm_losses"]
+
+PCM_MODES = ("hybrid", "intra", "cross")
+ICPM_POSITIVES = ("image", "text", "either", "instance")
+
+
+def _prototype_ce(x: torch.Tensor, memory: torch.Tensor, labels: torch.Tensor, tau: float):
+    """Mean over labelled samples of ``-log softmax(normalize(x) @ memory^T / tau)[label]``,
+    or ``None`` when no sample is labelled or the memory is empty."""
+    valid = labels >= 0
+    if not bool(valid.any()) or memory.shape[0] == 0:
+        return None
+    logits = F.normalize(x[valid].float(), dim=1) @ memory.t().float() / tau
+    return F.cross_entropy(logits, labels[valid])
+
+
+def pcm_loss(
+    image_feats: torch.Tensor,
+    text_feats: torch.Tensor,
+    image_labels: torch.Tensor,
+    text_labels: torch.Tensor,
+    image_memory: torch.Tensor,
+    text_memory: torch.Tensor,
+    tau: float = 0.05,
+    mode: str = "hybrid",
+) -> torch.Tensor:
+    """Prototypical contrastive matching.
+
+    Args:
+        image_feats, text_feats: ``[B, D]`` global features of the B pairs.
+        image_labels, text_labels: ``[B]`` pseudo labels (``-1`` = outlier).
+        image_memory, text_memory: ``[K_v, D]`` / ``[K_t, D]`` L2-normalised centroids.
+        tau: temperature.
+        mode: "intra" (L_v2Mv + L_t2Mt), "cross" (L_t2Mv + L_v2Mt) or "hybrid" (all four).
+    Returns:
+        Mean of the terms that have labelled samples (each term a mean over those samples);
+        a zero that still depends on the features when there is none.
+    """
+    if mode not in PCM_MODES:
+        raise ValueError(f"CPCL.PCM.MODE must be one of {PCM_MODES}, got {mode!r}")
+    terms = []
+    if mode in ("intra", "hybrid"):
+        terms += [
+            _prototype_ce(image_feats, image_memory, image_labels, tau),  # L_v2Mv
+            _prototype_ce(text_feats, text_memory, text_labels, tau),  # L_t2Mt
+        ]
+    if mode in ("cross", "hybrid"):
+        terms += [
+            _prototype_ce(text_feats, image_memory, image_labels, tau),  # L_t2Mv
+            _prototype_ce(image_feats, text_memory, text_labels, tau),  # L_v2Mt
+        ]
+    terms = [t for t in terms if t is not None]
+    if not terms:
+        return 0.0 * (image_feats.float().sum() + text_feats.float().sum())
+    return torch.stack(terms).mean()
+
+
+def icpm_positives(
+    image_labels: torch.Tensor, text_labels: torch.Tensor, mode: str = "image"
+) -> torch.Tensor:
+    """``[B, B]`` bool matrix: ``y_ij = 1`` if ``i == j`` or the chosen pseudo labels agree
+    (both ``!= -1``); ``mode`` is one of :data:`ICPM_POSITIVES`."""
+    if mode not in ICPM_POSITIVES:
+        raise ValueError(f"CPCL.ICPM.POSITIVES must be one of {ICPM_POSITIVES}, got {mode!r}")
+    b = image_labels.shape[0]
+    pos = torch.eye(b, dtype=torch.bool, device=image_labels.device)
+
+    def same(y: torch.Tensor) -> torch.Tensor:
+        return (y.view(-1, 1) == y.view(1, -1)) & (y.view(-1, 1) >= 0)
+
+    if mode in ("image", "either"):
+        pos |= same(image_labels)
+    if mode in ("text", "either"):
+        pos |= same(text_labels)
+    return pos
+
+
+def icpm_loss(
+    image_feats: torch.Tensor,
+    text_feats: torch.Tensor,
+    positives: torch.Tensor,
+    tau: float = 0.02,
+    eps: float = 1e-8,
+) -> torch.Tensor:
+    """Instance-level cross-modal projection matching (CMPM with pseudo-label positives).
+
+    ``p_ij = softmax_j(s_ij)``, ``q_ij = y_ij / sum_k y_ik`` and
+    ``L = mean_i KL(p_i || q_i)`` for image-to-text plus the same for text-to-image, with
+    ``s_ij = cos(v_i, t_j) / tau`` when ``tau > 0`` or CMPM's projection
+    ``s_ij = v_i . t_j / |t_j|`` (and ``t_i . v_j / |v_j|``) when ``tau == 0``.
+
+    Args:
+        image_feats, text_feats: ``[B, D]``.
+        positives: ``[B, B]`` symmetric bool with a true diagonal (:func:`icpm_positives`).
+    Returns:
+        Scalar, sum of the two directions.
+    """
+    b = image_feats.shape[0]
+    if positives.shape != (b, b):
+        raise ValueError(f"icpm_loss: positives must be [{b}, {b}], got {tuple(positives.shape)}")
+    if tau < 0:
+        raise ValueError(f"icpm_loss: tau must be >= 0, got {tau}")
+    v, t = image_feats.float(), text_feats.float()
+    if tau > 0:
+        i2t = F.normalize(v, dim=1) @ F.normalize(t, dim=1).t() / tau
+        t2i = i2t.t()
+    else:
+        i2t = v @ F.normalize(t, dim=1).t()
+        t2i = t @ F.normalize(v, dim=1).t()
+    y = positives.float()
+    log_q = torch.log(y / y.sum(dim=1, keepdim=True) + eps)
+    loss = i2t.new_zeros(())
+    for logits in (i2t, t2i):
+        log_p = F.log_softmax(logits, dim=1)
+        loss = loss + (log_p.exp() * (log_p - log_q)).sum(dim=1).mean()
+    return loss
+
+
+def hcm_losses(
+    image_feats: torch.Tensor,
+    text_feats: torch.Tensor,
+    image_labels: torch.Tensor,
+    text_labels: torch.Tensor,
+    image_memory: torch.Tensor,
+    text_memory: torch.Tensor,
+    cfg_cpcl,
+) -> Dict[str, torch.Tensor]:
+    """The weighted HCM losses selected by ``cfg.CPCL`` (``loss_pcm``, ``loss_icpm``)."""
+    out: Dict[str, torch.Tensor] = {}
+    if "PCM" in cfg_cpcl.LOSSES:
+        out["loss_pcm"] = cfg_cpcl.PCM.WEIGHT * pcm_loss(
+            image_feats,
+            text_feats,
+            image_labels,
+            text_labels,
+            image_memory,
+            text_memory,
+            cfg_cpcl.PCM.TAU,
+            cfg_cpcl.PCM.MODE,
+        )
+    if "ICPM" in cfg_cpcl.LOSSES:
+        pos = icpm_positives(image_labels, text_labels, cfg_cpcl.ICPM.POSITIVES)
+        out["loss_icpm"] = cfg_cpcl.ICPM.WEIGHT * icpm_loss(
+            image_feats, text_feats, pos, cfg_cpcl.ICPM.TAU, cfg_cpcl.ICPM.EPS
+        )
+    return out

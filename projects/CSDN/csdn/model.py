@@ -1,0 +1,285 @@
+"""CSDN meta-architecture: two-stream CLIP image encoder, MsPL, SII and the HSE losses."""
+
+from __future__ import annotations
+
+from typing import Any, Dict, Iterator, List, Tuple
+
+import torch
+import torch.nn.functional as F
+from fastreid.config import CfgNode
+from fastreid.modeling.backbones.build import BACKBONE_REGISTRY
+from fastreid.modeling.meta_arch import META_ARCH_REGISTRY
+from torch import nn
+
+from fastreid_ext.data.vi.base import INFRARED, VISIBLE
+from fastreid_ext.registry import lookup
+
+from .encoder import BNClassifierHead, TwoStreamImageEncoder
+from .fusion import SemanticInformationIntegration
+from .losses import msel_loss, supcon_loss, wrt_triplet_loss
+from .prompt import IdentityPromptLearner
+
+__all__ = ["CSDN", "PHASES", "TEXT_TARGETS", "HSE_FORMS"]
+
+#: Training phases: MsPL prompts, SII fusion, image encoder (HSE).
+PHASES = ("prompt", "fusion", "image")
+TEXT_TARGETS = ("fused", "modality", "shared")
+HSE_FORMS = ("hse", "clipreid")
+# Modules trained in each phase (parameter-name prefixes).
+_PHASE_MODULES = {
+    "prompt": ("prompt_learners.",),
+    "fusion": ("fusion.",),
+    "image": ("image_encoder.", "head_gem.", "head_proj."),
+}
+
+
+@META_ARCH_REGISTRY.register()
+class CSDN(nn.Module):
+    """CLIP-Driven Semantic Discovery Network (Yu et al., TMM 2025) for visible-infrared ReID.
+
+    Modules: ``image_encoder`` (visible / infrared CLIP stems + shared trunk), ``head_gem`` (GeM +
+    BN + classifier on the trunk output), ``head_proj`` (BN + classifier on the projected
+    feature f_p), ``text_encoder`` (frozen CLIP text tower), ``prompt_learners`` (MsPL: visible
+    and infrared, or one shared), ``fusion`` (SII) and the frozen phase-3 text banks
+    ``text_bank_visible / text_bank_infrared [N, D]`` (targets of the visible / infrared images).
+
+    Training batches select the phase's losses by their keys:
+
+    * phase 1 ``{"vis_feats", "ir_feats" [B, D], "targets" [B]}``: SupCon(V -> T) + SupCon(T -> V)
+      with V = [v; r], T = [t_vis(y); t_ir(y)] (prompts through the frozen text encoder);
+    * phase 2 ``{"feats" [B, D], "targets", "text_vis", "text_ir" [B, D]}``: the same with
+      T = SII(t_vis, t_ir);
+    * phase 3 (:class:`~fastreid_ext.data.vi.loaders.CrossModalPairSet` batches): identity CE on
+      both heads, weighted-regularised triplet on (GeM feature, f_p), MSEL, and the HSE
+      image-to-text CE against the text banks.
+
+    Inference: ``{"images" [B, 3, H, W], "modality" [B]} -> {"image_feats"}``: cat(L2(BN(GeM)),
+    L2(f_p)), and with ``TEST_FLIP`` the same of the flipped image concatenated (6,144-d for RN50).
+    """
+
+    training_only_prefixes = (
+        "prompt_learners.",
+        "fusion.",
+        "head_gem.classifier.",
+        "head_proj.",
+        "text_bank_",
+    )
+
+    def __init__(self, cfg: CfgNode) -> None:
+        super().__init__()
+        c = cfg.MODEL.CSDN
+        num_classes = cfg.MODEL.HEADS.NUM_CLASSES
+        if num_classes <= 0:
+            raise ValueError("CSDN needs MODEL.HEADS.NUM_CLASSES > 0 (set from the training data)")
+        clip = lookup(BACKBONE_REGISTRY, cfg.MODEL.BACKBONE.NAME, "MODEL.BACKBONE.NAME")(cfg)
+        self.image_encoder = TwoStreamImageEncoder(
+            clip.model.visual, clip.is_vit, c.STEM_RELU_QUIRK
+        )
+        clip.model.visual = None  # moved into image_encoder; the text tower stays
+        self.text_encoder = clip.requires_grad_(False)
+        dim = clip.embed_dim
+        n_learners = 2 if c.PROMPT.MODALITY_SPECIFIC else 1
+        self.prompt_learners = nn.ModuleList(
+            IdentityPromptLearner(
+                num_classes,
+                clip.token_embedding,
+                c.PROMPT.TEMPLATE,
+                c.PROMPT.INIT_STD,
+                cfg.MODEL.CLIP.CONTEXT_LENGTH,
+            )
+            for _ in range(n_learners)
+        )
+        self.fusion = None
+        if c.SII.ENABLED:
+            if n_learners != 2:
+                raise ValueError(
+                    "MODEL.CSDN.SII.ENABLED needs two prompt learners "
+                    "(MODEL.CSDN.PROMPT.MODALITY_SPECIFIC True)"
+                )
+            self.fusion = SemanticInformationIntegration(dim, c.SII.FORM, c.SII.DROPOUT)
+        hse = c.HSE
+        if hse.TEXT_TARGET not in TEXT_TARGETS or hse.FORM not in HSE_FORMS:
+            raise KeyError(
+                f"MODEL.CSDN.HSE.TEXT_TARGET must be one of {TEXT_TARGETS} and FORM one of "
+                f"{HSE_FORMS}; got '{hse.TEXT_TARGET}', '{hse.FORM}'"
+            )
+        needs = {"fused": "SII.ENABLED True", "modality": "PROMPT.MODALITY_SPECIFIC True"}
+        ok = {"fused": self.fusion is not None, "modality": n_learners == 2, "shared": True}
+        if not ok[hse.TEXT_TARGET]:
+            raise ValueError(
+                f"MODEL.CSDN.HSE.TEXT_TARGET '{hse.TEXT_TARGET}' needs MODEL.CSDN."
+                f"{needs[hse.TEXT_TARGET]}"
+            )
+        self.hse = hse
+        self.num_instances = cfg.DATALOADER.NUM_INSTANCE
+        self.test_flip = c.TEST_FLIP
+        enc = self.image_encoder
+        self.head_gem = BNClassifierHead(enc.global_dim, num_classes, pool=not enc.is_vit)
+        self.head_proj = BNClassifierHead(enc.proj_dim, num_classes, pool=False)
+        if enc.proj_dim != dim:
+            raise ValueError(f"image projection {enc.proj_dim} != text embedding {dim}")
+        self.register_buffer("text_bank_visible", torch.zeros(num_classes, dim))
+        self.register_buffer("text_bank_infrared", torch.zeros(num_classes, dim))
+        mean = torch.tensor(cfg.MODEL.PIXEL_MEAN, dtype=torch.float32).view(1, -1, 1, 1)
+        std = torch.tensor(cfg.MODEL.PIXEL_STD, dtype=torch.float32).view(1, -1, 1, 1)
+        self.register_buffer("pixel_mean", mean, persistent=False)
+        self.register_buffer("pixel_std", std, persistent=False)
+
+    # ------------------------------------------------------------------ phases
+    @property
+    def device(self) -> torch.device:
+        return self.pixel_mean.device
+
+    @property
+    def num_classes(self) -> int:
+        return self.head_proj.classifier.out_features
+
+    def phase_parameters(self, phase: str) -> Iterator[Tuple[str, nn.Parameter]]:
+        """``(name, parameter)`` of the modules trained in ``phase`` (one of :data:`PHASES`)."""
+        if phase not in _PHASE_MODULES:
+            raise KeyError(f"unknown CSDN phase '{phase}'; phases: {PHASES}")
+        prefixes = _PHASE_MODULES[phase]
+        for name, p in self.named_parameters():
+            if name.startswith(prefixes):
+                yield name, p
+
+    def set_trainable(self, phase: str) -> None:
+        """Freeze everything, then unfreeze the modules of ``phase`` (the text encoder, and
+        CLIP's unused logit scale, stay frozen)."""
+        self.requires_grad_(False)
+        for _, p in self.phase_parameters(phase):
+            p.requires_grad_(True)
+
+    # ------------------------------------------------------------------ text side
+    def text_features(self, labels: torch.Tensor, learner: int) -> torch.Tensor:
+        """``[B, D]`` EOT features of the prompts of ``labels`` from learner 0 (visible / shared)
+        or 1 (infrared)."""
+        learner = min(learner, len(self.prompt_learners) - 1)
+        prompts, eot = self.prompt_learners[learner](labels.to(self.device))
+        return self.text_encoder.encode_text_embeddings(prompts, eot).global_feat
+
+    def class_texts(self, labels: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """(visible, infrared) prompt text features of ``labels``; equal for a shared learner."""
+        t_vis = self.text_features(labels, VISIBLE)
+        t_ir = self.text_features(labels, INFRARED) if len(self.prompt_learners) > 1 else t_vis
+        return t_vis, t_ir
+
+    def text_targets(self, labels: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """HSE targets (for visible images, for infrared images) of ``labels`` per TEXT_TARGET."""
+        t_vis, t_ir = self.class_texts(labels)
+        if self.hse.TEXT_TARGET == "fused":
+            fused = self.fusion(t_vis, t_ir)
+            return fused, fused
+        return t_vis, t_ir
+
+    # ------------------------------------------------------------------ image side
+    def _normalise(self, images: torch.Tensor) -> torch.Tensor:
+        return (images.to(self.device, non_blocking=True) - self.pixel_mean) / self.pixel_std
+
+    def encode_proj(self, images: torch.Tensor, modality: int) -> torch.Tensor:
+        """``[B, D]`` projected features f_p of one modality's images (feature banks)."""
+        args = (
+            (self._normalise(images), None)
+            if modality == VISIBLE
+            else (None, self._normalise(images))
+        )
+        return self.image_encoder(*args).proj_feat
+
+    def _test_feature(self, images: torch.Tensor, modality: int) -> torch.Tensor:
+        args = (images, None) if modality == VISIBLE else (None, images)
+        out = self.image_encoder(*args)
+        _, bn, _ = self.head_gem(out.global_feat)
+        return torch.cat([F.normalize(bn, dim=1), F.normalize(out.proj_feat, dim=1)], dim=1)
+
+    @torch.no_grad()
+    def inference(self, batch: Dict[str, Any]) -> Dict[str, torch.Tensor]:
+        """Test features of an image batch (each modality through its own stem)."""
+        images = self._normalise(batch["images"])
+        modality = batch["modality"].to(self.device)
+        dim = self.head_gem.bn.num_features + self.head_proj.bn.num_features
+        out = images.new_empty(images.shape[0], dim * (2 if self.test_flip else 1))
+        for m in (VISIBLE, INFRARED):
+            sel = (modality == m).nonzero().squeeze(1)
+            if sel.numel() == 0:
+                continue
+            x = images[sel]
+            feats = [self._test_feature(x, m)]
+            if self.test_flip:
+                feats.append(self._test_feature(x.flip(3), m))
+            out[sel] = torch.cat(feats, dim=1)
+        return {"image_feats": out}
+
+    # ------------------------------------------------------------------ training
+    def forward(self, batch: Dict[str, Any]) -> Dict[str, torch.Tensor]:
+        if not self.training:
+            return self.inference(batch)
+        if "vis_feats" in batch:
+            return self.prompt_losses(batch)
+        if "feats" in batch:
+            return self.fusion_losses(batch)
+        return self.image_losses(batch)
+
+    def prompt_losses(self, batch: Dict[str, Any]) -> Dict[str, torch.Tensor]:
+        """Phase 1 (MsPL): image features vs their identities' prompt text features."""
+        y = batch["targets"].to(self.device)
+        t_vis, t_ir = self.class_texts(y)
+        feats = torch.cat([batch["vis_feats"], batch["ir_feats"]]).to(self.device).float()
+        texts, labels = torch.cat([t_vis, t_ir]).float(), torch.cat([y, y])
+        return {
+            "loss_mspl_i2t": supcon_loss(feats, texts, labels, labels),
+            "loss_mspl_t2i": supcon_loss(texts, feats, labels, labels),
+        }
+
+    def fusion_losses(self, batch: Dict[str, Any]) -> Dict[str, torch.Tensor]:
+        """Phase 2 (SII): image features vs the fused texts of their identities."""
+        y = batch["targets"].to(self.device)
+        feats = batch["feats"].to(self.device).float()
+        fused = self.fusion(batch["text_vis"].to(self.device), batch["text_ir"].to(self.device))
+        return {
+            "loss_sii_i2t": supcon_loss(feats, fused.float(), y, y),
+            "loss_sii_t2i": supcon_loss(fused.float(), feats, y, y),
+        }
+
+    def image_losses(self, batch: Dict[str, Any]) -> Dict[str, torch.Tensor]:
+        """Phase 3: ID + WRT (+ MSEL) + HSE on ``[visible views..., infrared]`` images."""
+        vis = batch["vis_images"]  # [B, V, 3, H, W]
+        b, views = vis.shape[:2]
+        vis = vis.transpose(0, 1).reshape(b * views, *vis.shape[2:])  # view-major blocks
+        y_vis = batch["vis_targets"].to(self.device)
+        y_ir = batch["ir_targets"].to(self.device)
+        labels = torch.cat([y_vis] * views + [y_ir])
+        out = self.image_encoder(self._normalise(vis), self._normalise(batch["ir_images"]))
+        f_g, _, logits_g = self.head_gem(out.global_feat)
+        f_p = out.proj_feat
+        _, _, logits_p = self.head_proj(f_p)
+        f_g, f_p, logits_g, logits_p = f_g.float(), f_p.float(), logits_g.float(), logits_p.float()
+        h = self.hse
+        losses = {
+            "loss_id": h.ID_WEIGHT
+            * (F.cross_entropy(logits_g, labels) + F.cross_entropy(logits_p, labels)),
+            "loss_triplet": h.TRI_WEIGHT
+            * (wrt_triplet_loss(f_g, labels) + wrt_triplet_loss(f_p, labels)),
+        }
+        view_a, ir = slice(0, b), slice(b * views, b * (views + 1))
+        if h.MSEL_WEIGHT > 0:
+            k = self.num_instances
+            losses["loss_msel"] = h.MSEL_WEIGHT * (
+                msel_loss(f_g[view_a], f_g[ir], y_vis, k)
+                + msel_loss(f_p[view_a], f_p[ir], y_vis, k)
+            )
+        bank_vis, bank_ir = self.text_bank_visible.float(), self.text_bank_infrared.float()
+        if h.FORM == "hse":
+            losses["loss_hse_vis"] = h.VIS_WEIGHT * F.cross_entropy(
+                f_p[view_a] @ bank_vis.t(), y_vis
+            )
+            losses["loss_hse_ir"] = h.IR_WEIGHT * F.cross_entropy(f_p[ir] @ bank_ir.t(), y_ir)
+        else:
+            logits = torch.cat([f_p[: b * views] @ bank_vis.t(), f_p[ir] @ bank_ir.t()])
+            losses["loss_clipreid_i2t"] = h.CLIPREID_WEIGHT * F.cross_entropy(
+                logits, labels, label_smoothing=h.LABEL_SMOOTHING
+            )
+        return losses
+
+    def state_summary(self) -> List[str]:
+        """Names of the trainable modules (for logs)."""
+        return sorted({n.split(".")[0] for n, p in self.named_parameters() if p.requires_grad})

@@ -1,0 +1,373 @@
+"""``CSDNPhasedTrainer``: CSDN's three training phases in one resumable run of train_net.py."""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from dataclasses import dataclass
+from typing import Any, Dict, List, Optional, Tuple
+
+import numpy as np
+import torch
+from fastreid.config import CfgNode
+from fastreid.engine import hooks as fr_hooks
+from fastreid.utils import comm
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import Dataset
+
+from fastreid_ext.data.samplers import EpochBatchSampler, RandomEpochBatchSampler
+from fastreid_ext.data.vi import (
+    CrossModalPairSet,
+    build_vi_loader,
+    build_vi_sampler,
+    build_vi_train_set,
+)
+from fastreid_ext.engine.trainer import ExtTrainer
+from fastreid_ext.registry import TRAINER_REGISTRY
+from fastreid_ext.solver import LRSchedule, build_lr_schedule, build_optimizer
+
+from .banks import TensorBank, TensorBatchLoader, extract_pair_bank, extract_text_bank
+from .model import PHASES
+
+__all__ = ["CSDNPhasedTrainer", "PhasePlan", "PhaseSchedule", "TimmCosineSchedule", "PhaseState"]
+
+logger = logging.getLogger(__name__)
+
+
+class PhasePlan:
+    """Epochs of the phases (prompt, fusion, image) laid end to end on one epoch axis.
+
+    Phase 1 runs ``MODEL.CSDN.PHASE1.EPOCHS``, phase 2 ``PHASE2.EPOCHS`` (0 without SII), phase
+    3 ``SOLVER.MAX_EPOCH`` (>= 1); a phase with 0 epochs is skipped.
+    """
+
+    def __init__(self, cfg: CfgNode) -> None:
+        c = cfg.MODEL.CSDN
+        e1, e2 = int(c.PHASE1.EPOCHS), int(c.PHASE2.EPOCHS) if c.SII.ENABLED else 0
+        e3 = int(cfg.SOLVER.MAX_EPOCH)
+        if min(e1, e2) < 0 or e3 < 1:
+            raise ValueError(
+                f"MODEL.CSDN.PHASE1/PHASE2.EPOCHS must be >= 0 and SOLVER.MAX_EPOCH >= 1, got "
+                f"{e1}, {e2}, {e3}"
+            )
+        self.epochs = (e1, e2, e3)
+        self.starts = (0, e1, e1 + e2)
+        self.total = e1 + e2 + e3
+
+    def phase_of(self, epoch: int) -> int:
+        """Index (0 prompt, 1 fusion, 2 image) of the phase that trains ``epoch`` (0-based)."""
+        for k in (2, 1, 0):
+            if self.epochs[k] and epoch >= self.starts[k]:
+                return k
+        return 2
+
+
+@dataclass(frozen=True)
+class TimmCosineSchedule:
+    """LR factor of timm's ``CosineLRScheduler`` (t_mul 1, one cycle, no warm-up prefix) as
+    CSDN's phases 1-2 use it, stepped with the epoch t from 0: ``warmup_lr_init + t * (base -
+    warmup_lr_init) / warmup`` for t < warmup, then ``lr_min + (base - lr_min) (1 + cos(pi t /
+    t_initial)) / 2``; ``lr_min`` from t_initial on. Divided by ``base_lr``."""
+
+    base_lr: float
+    t_initial: int
+    warmup: int = 5
+    warmup_lr_init: float = 1e-5
+    lr_min: float = 1e-6
+
+    def factor(self, t: float) -> float:
+        if t < self.warmup:
+            lr = self.warmup_lr_init + t * (self.base_lr - self.warmup_lr_init) / self.warmup
+        elif t >= self.t_initial:
+            lr = self.lr_min
+        else:
+            cos = 1 + math.cos(math.pi * t / self.t_initial)
+            lr = self.lr_min + 0.5 * (self.base_lr - self.lr_min) * cos
+        return lr / self.base_lr
+
+
+class PhaseSchedule:
+    """``LRScheduleHook``-compatible schedule over the whole run: each phase's own schedule,
+    evaluated at the epoch relative to the phase start (phase 3: ``SOLVER`` keys)."""
+
+    def __init__(self, cfg: CfgNode, plan: PhasePlan) -> None:
+        c = cfg.MODEL.CSDN
+        self.plan = plan
+        self.image: LRSchedule = build_lr_schedule(cfg)
+        self.phases = [
+            TimmCosineSchedule(
+                node.BASE_LR, node.EPOCHS, node.WARMUP_EPOCHS, node.WARMUP_LR_INIT, node.ETA_MIN_LR
+            )
+            for node in (c.PHASE1, c.PHASE2)
+        ] + [self.image]
+
+    def progress(self, epoch: int, iter_in_epoch: int, iters_per_epoch: int) -> float:
+        return self.image.progress(epoch, iter_in_epoch, iters_per_epoch)
+
+    def factor(self, progress: float) -> float:
+        k = self.plan.phase_of(int(progress))
+        return self.phases[k].factor(progress - self.plan.starts[k])
+
+
+class PhaseState:
+    """The current phase, stored in every checkpoint under ``csdn_phase``."""
+
+    def __init__(self) -> None:
+        self.phase = -1
+
+    def state_dict(self) -> Dict[str, Any]:
+        return {"phase": self.phase, "name": PHASES[self.phase] if self.phase >= 0 else ""}
+
+    def load_state_dict(self, state: Dict[str, Any]) -> None:
+        self.phase = int(state["phase"])
+
+
+class PhaseEvalHook(fr_hooks.EvalHook):
+    """Evaluates every ``period`` epochs of phase 3 (counted from its start) and at the end."""
+
+    def __init__(self, period: int, func, first_epoch: int) -> None:
+        super().__init__(period, func)
+        self.first_epoch = first_epoch
+
+    def _due(self) -> bool:
+        n = self.trainer.epoch + 1 - self.first_epoch
+        return self._period > 0 and n > 0 and n % self._period == 0
+
+    def after_epoch(self) -> None:
+        if self._due():
+            self._do_eval()
+
+    def after_train(self) -> None:
+        if self.trainer.epoch + 1 >= self.trainer.max_epoch and not self._due():
+            self._do_eval()
+        del self._func
+
+
+def _module(model: torch.nn.Module):
+    return model.module if isinstance(model, DistributedDataParallel) else model
+
+
+def _phase_adam(cfg: CfgNode, module, phase: int) -> torch.optim.Optimizer:
+    node = (cfg.MODEL.CSDN.PHASE1, cfg.MODEL.CSDN.PHASE2)[phase]
+    named = list(module.phase_parameters(PHASES[phase]))
+    if not named:
+        raise ValueError(f"CSDN phase '{PHASES[phase]}' has no parameter to train")
+    group = {
+        "params": [p for _, p in named],
+        "param_names": [n for n, _ in named],
+        "lr": node.BASE_LR,
+        "base_lr": node.BASE_LR,
+        "weight_decay": node.WEIGHT_DECAY,
+        "group_name": PHASES[phase],
+    }
+    return torch.optim.Adam([group], lr=node.BASE_LR)
+
+
+@TRAINER_REGISTRY.register()
+class CSDNPhasedTrainer(ExtTrainer):
+    """Runs CSDN's phases in order within one ``tools/train_net.py`` invocation:
+
+    1. **prompt** (MsPL): image bank (test transform, cross-modal sampler pass, eval mode), then
+       SupCon between bank features and prompt texts; only the prompt learners train (Adam,
+       ``MODEL.CSDN.PHASE1``, timm cosine).
+    2. **fusion** (SII): a second image bank (train-mode BN with the authors' quirk), class texts
+       of the frozen prompts; only SII trains (``PHASE2``).
+    3. **image** (HSE): text bank (SII output per class) frozen into the model; the stems, trunk
+       and heads train on P x K visible-infrared batches with ``SOLVER`` (classifier heads at
+       ``NEW_MODULE_LR_FACTOR``), evaluated every ``TEST.EVAL_PERIOD`` phase-3 epochs.
+
+    Each phase freezes everything else, gets a fresh optimizer and its own LR schedule. The
+    phase is saved in every checkpoint (``csdn_phase``) so ``--resume`` rebuilds the right
+    optimizer before loading it; the image banks are cached in ``OUTPUT_DIR`` so a run resumed
+    inside phase 1 or 2 uses the very same bank, and the text bank lives in the model's
+    buffers. Resumed runs reproduce uninterrupted ones exactly, across phase boundaries too.
+    """
+
+    def __init__(self, cfg: CfgNode) -> None:
+        self.plan = PhasePlan(cfg)
+        self.phase_state = PhaseState()
+        self._data_phase: Optional[int] = None
+        super().__init__(cfg)
+        self.checkpointer.checkpointables["csdn_phase"] = self.phase_state
+        self._configure_phase(self.plan.phase_of(0))
+
+    # ------------------------------------------------------------------ building blocks
+    @classmethod
+    def build_train_set(cls, cfg: CfgNode) -> Dataset:
+        """Visible-infrared training pairs of ``DATASETS.NAMES`` with the train transforms."""
+        return build_vi_train_set(cfg, is_train=True)
+
+    @classmethod
+    def build_train_loader(
+        cls,
+        cfg: CfgNode,
+        train_set: Optional[Dataset] = None,
+        sampler: Optional[EpochBatchSampler] = None,
+    ):
+        """Image pairs: the P x K cross-modal sampler; feature banks: in-memory batches."""
+        if train_set is None:
+            train_set = cls.build_train_set(cfg)
+        if isinstance(train_set, TensorBank):
+            if sampler is None:
+                raise ValueError("a TensorBank training set needs an explicit batch sampler")
+            return TensorBatchLoader(train_set, sampler)
+        if not isinstance(train_set, CrossModalPairSet):
+            raise TypeError(f"CSDNPhasedTrainer cannot load a {type(train_set).__name__}")
+        return build_vi_loader(cfg, train_set, sampler or build_vi_sampler(cfg, train_set))
+
+    @classmethod
+    def build_optimizer(cls, cfg: CfgNode, model: torch.nn.Module) -> torch.optim.Optimizer:
+        """The optimizer of the first phase (the trainer rebuilds it at every phase change)."""
+        return cls.phase_optimizer(cfg, _module(model), PhasePlan(cfg).phase_of(0))
+
+    @staticmethod
+    def phase_optimizer(cfg: CfgNode, module, phase: int) -> torch.optim.Optimizer:
+        """Freeze all but ``phase``'s modules and build its optimizer: Adam with one group for
+        phases 1-2, ``fastreid_ext.solver.build_optimizer`` (``SOLVER``) for phase 3."""
+        module.set_trainable(PHASES[phase])
+        if phase < 2:
+            return _phase_adam(cfg, module, phase)
+        return build_optimizer(cfg, module)
+
+    def total_iterations(self) -> int:
+        """Iterations of the whole run: banks hold one sampler pass of pairs (phase 1) or twice
+        that many features (phase 2); phase 3 runs the sampler's batches."""
+        c, (e1, e2, e3) = self.cfg.MODEL.CSDN, self.plan.epochs
+        batches = len(build_vi_sampler(self.cfg, self.image_train_set))
+        pairs = batches * self.cfg.SOLVER.IMS_PER_BATCH
+        return (
+            e1 * (pairs // c.PHASE1.IMS_PER_BATCH)
+            + e2 * (2 * pairs // c.PHASE2.IMS_PER_BATCH)
+            + e3 * batches
+        )
+
+    def set_train_set(self, train_set: Dataset, sampler: Optional[EpochBatchSampler] = None):
+        super().set_train_set(train_set, sampler)
+        if hasattr(self, "image_train_set"):
+            self.max_iter = self.total_iterations()
+
+    def build_hooks(self) -> List[Any]:
+        self.max_epoch = self.plan.total
+        self.image_train_set = self.train_set
+        self.max_iter = self.total_iterations()
+        self.schedule = PhaseSchedule(self.cfg, self.plan)
+        hooks = super().build_hooks()
+        for i, h in enumerate(hooks):
+            if type(h) is fr_hooks.EvalHook:
+                hooks[i] = PhaseEvalHook(h._period, h._func, self.plan.starts[2])
+        return hooks
+
+    # ------------------------------------------------------------------ phases
+    def _configure_phase(self, phase: int) -> None:
+        """Trainable modules, optimizer (also in the checkpointer) and DDP wrapper of ``phase``."""
+        module = _module(self.model)
+        optimizer = self.phase_optimizer(self.cfg, module, phase)
+        if comm.get_world_size() > 1:
+            on_cuda = next(module.parameters()).device.type == "cuda"
+            self._trainer.model = DistributedDataParallel(
+                module,
+                device_ids=[comm.get_local_rank()] if on_cuda else None,
+                broadcast_buffers=True,
+                find_unused_parameters=self.cfg.TRAINER.FIND_UNUSED_PARAMETERS,
+            )
+        self._trainer.optimizer = optimizer
+        if self._trainer.grad_scaler is not None:
+            self._trainer.grad_scaler = torch.amp.GradScaler("cuda")
+        self.checkpointer.checkpointables["optimizer"] = optimizer
+        self.phase_state.phase = phase
+        n = sum(p.numel() for g in optimizer.param_groups for p in g["params"])
+        logger.info(
+            "CSDN phase %d (%s): training %s (%d parameters)",
+            phase + 1,
+            PHASES[phase],
+            ", ".join(module.state_summary()),
+            n,
+        )
+
+    def _bank_path(self, phase: int) -> str:
+        return os.path.join(self.cfg.OUTPUT_DIR, f"csdn_bank_phase{phase + 1}.pt")
+
+    def _image_bank(self, phase: int) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The phase's image bank: extracted at the phase start (and cached in OUTPUT_DIR), read
+        back from the cache when a run resumes inside the phase."""
+        module = _module(self.model)
+        seed = int(
+            np.random.SeedSequence([max(self.cfg.SEED, 0), 1000 + phase]).generate_state(1)[0]
+        )
+        checksum = float(sum(p.double().sum() for p in module.image_encoder.parameters()))
+        path = self._bank_path(phase)
+        if self.epoch != self.plan.starts[phase] and os.path.isfile(path):
+            cached = torch.load(path, map_location="cpu", weights_only=True)
+            if cached["seed"] == seed and cached["checksum"] == checksum:
+                logger.info("CSDN phase %d: image bank read from %s", phase + 1, path)
+                return cached["visible"], cached["infrared"], cached["labels"]
+            logger.warning("Ignoring %s: it was extracted by a different model / seed", path)
+        elif self.epoch != self.plan.starts[phase]:
+            logger.warning("No cached image bank %s: extracting it again", path)
+        train_mode = phase == 1 and self.cfg.MODEL.CSDN.QUIRKS.FUSION_BANK_TRAIN_MODE
+        v, r, y = extract_pair_bank(module, self.cfg, seed, train_mode)
+        if comm.is_main_process() and self.cfg.OUTPUT_DIR:
+            os.makedirs(self.cfg.OUTPUT_DIR, exist_ok=True)
+            bank = {"visible": v, "infrared": r, "labels": y, "seed": seed, "checksum": checksum}
+            torch.save(bank, path)
+        return v, r, y
+
+    def _prepare_phase_data(self, phase: int) -> None:
+        """Build the phase's training data (banks, text bank) and install its loader."""
+        module = _module(self.model)
+        c = self.cfg.MODEL.CSDN
+        rank, world = comm.get_rank(), comm.get_world_size()
+        seed = max(self.cfg.SEED, 0)
+        if phase == 0:
+            v, r, y = self._image_bank(0)
+            bank = TensorBank({"vis_feats": v, "ir_feats": r, "targets": y})
+            sampler = RandomEpochBatchSampler(len(bank), c.PHASE1.IMS_PER_BATCH, seed, rank, world)
+            self.set_train_set(bank, sampler)
+        elif phase == 1:
+            v, r, y = self._image_bank(1)
+            with torch.no_grad():
+                labels = torch.arange(module.num_classes, device=module.device)
+                t_vis, t_ir = (t.float().cpu() for t in module.class_texts(labels))
+            feats, labels = torch.cat([v, r]), torch.cat([y, y])
+            bank = TensorBank(
+                {
+                    "feats": feats,
+                    "targets": labels,
+                    "text_vis": t_vis[labels],
+                    "text_ir": t_ir[labels],
+                }
+            )
+            sampler = RandomEpochBatchSampler(len(bank), c.PHASE2.IMS_PER_BATCH, seed, rank, world)
+            self.set_train_set(bank, sampler)
+        else:
+            if self.epoch == self.plan.starts[2]:
+                t_vis, t_ir = extract_text_bank(
+                    module, self.cfg.SOLVER.IMS_PER_BATCH, c.QUIRKS.TEXT_BANK_TRAIN_MODE
+                )
+                module.text_bank_visible.copy_(t_vis)
+                module.text_bank_infrared.copy_(t_ir)
+                logger.info("CSDN phase 3: text bank of %d identities frozen", len(t_vis))
+            self.set_train_set(self.image_train_set)
+        self._data_phase = phase
+
+    def before_epoch(self) -> None:
+        phase = self.plan.phase_of(self.epoch)
+        if phase != self.phase_state.phase:
+            self._configure_phase(phase)
+        if phase != self._data_phase:
+            self._seed_epoch(offset=0)
+            self._prepare_phase_data(phase)
+        super().before_epoch()
+
+    def resume_or_load(self, resume: bool = True) -> None:
+        """Rebuild the saved phase's optimizer first, so its state loads; then load."""
+        if resume and self.checkpointer.has_checkpoint():
+            path = self.checkpointer.get_checkpoint_file()
+            saved = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+            state = saved.get("csdn_phase")
+            phase = int(state["phase"]) if state else self.plan.phase_of(int(saved["epoch"]))
+            del saved
+            if phase != self.phase_state.phase:
+                self._configure_phase(phase)
+        super().resume_or_load(resume)

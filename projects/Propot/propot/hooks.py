@@ -1,0 +1,56 @@
+"""``PropotInitialPrototypeHook``: fills the initial prototypes (eq. 1) before training."""
+
+from __future__ import annotations
+
+import logging
+from typing import Optional
+
+from fastreid.config import CfgNode
+from fastreid.engine.train_loop import HookBase
+
+from fastreid_ext.registry import HOOK_REGISTRY
+
+from .initial_prototypes import load_or_compute_initial_prototypes
+
+__all__ = ["PropotInitialPrototypeHook"]
+
+logger = logging.getLogger(__name__)
+
+
+@HOOK_REGISTRY.register()
+class PropotInitialPrototypeHook(HookBase):
+    """Before the first step, encode every training pair with the (still pretrained) CLIP
+    encoders and store the per-identity sums pt^v, pt^t in the model's ``prototypes`` buffers.
+
+    Runs after ``resume_or_load``: when the model already holds initialised prototypes (a resumed
+    run, or ``MODEL.WEIGHTS`` from a Propot checkpoint) nothing is computed. Otherwise the on-disk
+    cache (``MODEL.PROPOT.INIT.CACHE_DIR``) is used when it matches, else all ranks extract their
+    shard and end with identical tensors. ``source`` records what happened: "checkpoint",
+    "cache", "computed", or "disabled" (``MODEL.PROPOT.ENABLED False``).
+    """
+
+    def __init__(self, cfg: CfgNode, trainer) -> None:
+        self.cfg = cfg
+        self.source: Optional[str] = None
+
+    def before_train(self) -> None:
+        model = self.trainer.model
+        model = model.module if hasattr(model, "module") else model
+        if not getattr(model, "propot_enabled", False):
+            self.source = "disabled"
+            return
+        protos = model.prototypes
+        if bool(protos.initialized):
+            self.source = "checkpoint"
+            logger.info("Propot initial prototypes come from the loaded checkpoint")
+            return
+        train_set = self.trainer.train_set
+        if not (hasattr(train_set, "pairs") and hasattr(train_set, "labels")):
+            raise TypeError(
+                "PropotInitialPrototypeHook needs a training set with 'pairs' and 'labels' "
+                f"(TextImageTrainSet), got {type(train_set).__name__}"
+            )
+        pt_v, pt_t, self.source = load_or_compute_initial_prototypes(
+            model, train_set.pairs, train_set.labels, protos.num_ids, self.cfg
+        )
+        protos.set_initial(pt_v.to(protos.initial_v.device), pt_t.to(protos.initial_t.device))

@@ -1,0 +1,129 @@
+"""Propot's identity prototypes: 'initialize, adapt, enrich, then aggregate' (§3.2-3.5)."""
+
+from __future__ import annotations
+
+from typing import Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+from fastreid.config import CfgNode
+from torch import nn
+
+from .aggregation import build_prototype_aggregation
+from .prompting import DomainConditionalPrompting, InstanceConditionalPrompting
+
+__all__ = ["PropotPrototypes"]
+
+
+class PropotPrototypes(nn.Module):
+    """Initial prototypes (frozen buffers), DPP, IPP and the aggregation, for both modalities.
+
+    Buffers (saved in checkpoints, never trained): ``initial_v``/``initial_t`` [N, d] = pt^v, pt^t
+    of eq. (1), filled before training by ``PropotInitialPrototypeHook``; ``initialized`` (bool)
+    says whether they have been filled.
+
+    ``forward(ids, v, t)`` returns the final prototypes p^v, p^t [M, d] of identities ``ids``
+    (``None``: all N) given the batch's global features V_B, T_B [B, d].
+
+    Reads ``MODEL.PROPOT.{DPP, IPP, AGGREGATION, HEADS, FFN_RATIO, DROPOUT, NORM_FIRST}``.
+    """
+
+    def __init__(self, cfg: CfgNode, num_ids: int, dim: int) -> None:
+        super().__init__()
+        if num_ids <= 0:
+            raise ValueError(
+                "Propot needs MODEL.HEADS.NUM_CLASSES > 0 training identities (set from the data)"
+            )
+        c = cfg.MODEL.PROPOT
+        self.num_ids, self.dim = num_ids, dim
+        self.register_buffer("initial_v", torch.zeros(num_ids, dim))
+        self.register_buffer("initial_t", torch.zeros(num_ids, dim))
+        self.register_buffer("initialized", torch.zeros((), dtype=torch.bool))
+        block = dict(
+            heads=c.HEADS, ffn_ratio=c.FFN_RATIO, dropout=c.DROPOUT, norm_first=c.NORM_FIRST
+        )
+        self.dpp: Optional[DomainConditionalPrompting] = None
+        if c.DPP.ENABLED:
+            self.dpp = DomainConditionalPrompting(
+                num_ids,
+                dim,
+                c.DPP.CONTEXT_LENGTH,
+                c.DPP.DEPTH,
+                share_encoder=c.DPP.SHARE_SAE,
+                init_std=c.DPP.CONTEXT_INIT_STD,
+                **block,
+            )
+        self.ipp: Optional[InstanceConditionalPrompting] = None
+        if c.IPP.INTRA or c.IPP.INTER:
+            if c.IPP.QUERY not in ("initial", "adapted"):
+                raise KeyError(
+                    f"MODEL.PROPOT.IPP.QUERY must be 'initial' or 'adapted', got '{c.IPP.QUERY}'"
+                )
+            if c.IPP.QUERY == "adapted" and self.dpp is None:
+                raise ValueError("MODEL.PROPOT.IPP.QUERY 'adapted' needs MODEL.PROPOT.DPP.ENABLED")
+            self.ipp = InstanceConditionalPrompting(
+                dim,
+                c.IPP.DEPTH,
+                intra=c.IPP.INTRA,
+                inter=c.IPP.INTER,
+                sharing=c.IPP.SHARING,
+                tie_blocks=c.IPP.TIE_BLOCKS,
+                **block,
+            )
+        self.ipp_query = c.IPP.QUERY
+        self.detach_instances = c.IPP.DETACH_INSTANCES
+        self.normalize_instances = c.IPP.NORMALIZE_INSTANCES
+        num_candidates = int(self.dpp is not None) + int(c.IPP.INTRA) + int(c.IPP.INTER)
+        self.aggregation = build_prototype_aggregation(cfg, dim, num_candidates)
+
+    @torch.no_grad()
+    def set_initial(self, pt_v: torch.Tensor, pt_t: torch.Tensor) -> None:
+        """Fill the initial prototypes (pt^v, pt^t [N, d]) and mark them initialised."""
+        expected = (self.num_ids, self.dim)
+        if tuple(pt_v.shape) != expected or tuple(pt_t.shape) != expected:
+            raise ValueError(
+                f"Initial prototypes must be {expected}, got {tuple(pt_v.shape)} and "
+                f"{tuple(pt_t.shape)} (does the training set match MODEL.HEADS.NUM_CLASSES?)"
+            )
+        self.initial_v.copy_(pt_v)
+        self.initial_t.copy_(pt_t)
+        self.initialized.fill_(True)
+
+    def forward(
+        self, ids: Optional[torch.Tensor], v: torch.Tensor, t: torch.Tensor
+    ) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Final prototypes.
+
+        Args:
+            ids: [M] identity indices, or ``None`` for all N identities in order.
+            v, t: [B, d] the batch's global image / text features (keys/values of the CAD).
+
+        Returns:
+            ``(p^v, p^t)``, each [M, d] float32: eq. (6) (or the configured aggregation) over the
+            enabled candidates p_a (DPP), p_en (IPP intra), p_eo (IPP inter).
+        """
+        pt_v = self.initial_v if ids is None else self.initial_v[ids]
+        pt_t = self.initial_t if ids is None else self.initial_t[ids]
+        cand_v, cand_t = [], []
+        if self.dpp is not None:
+            a_v, a_t = self.dpp(ids, pt_v, pt_t)
+            cand_v.append(a_v)
+            cand_t.append(a_t)
+        if self.ipp is not None:
+            if self.detach_instances:
+                v, t = v.detach(), t.detach()
+            if self.normalize_instances:
+                v, t = F.normalize(v, dim=-1), F.normalize(t, dim=-1)
+            q_v, q_t = (cand_v[0], cand_t[0]) if self.ipp_query == "adapted" else (pt_v, pt_t)
+            enriched = self.ipp(q_v, q_t, v, t)
+            for call in ("intra", "inter"):
+                if f"{call}_v" in enriched:
+                    cand_v.append(enriched[f"{call}_v"])
+                    cand_t.append(enriched[f"{call}_t"])
+
+        def stack(cands):
+            if not cands:
+                return pt_v.new_zeros(0, *pt_v.shape)
+            return torch.stack([c.float() for c in cands])
+
+        return self.aggregation(pt_v, stack(cand_v), 0), self.aggregation(pt_t, stack(cand_t), 1)

@@ -1,0 +1,109 @@
+"""CPCL's PCM and ICPM losses against hand-written formulas."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from cpcl.losses import icpm_loss, icpm_positives, pcm_loss
+from fastreid_ext.modeling.losses import sdm_loss
+
+
+def _ce(x: torch.Tensor, memory: torch.Tensor, y: int, tau: float) -> float:
+    """-log softmax(cos(x, M) / tau)[y] for one sample, in float64 Python arithmetic."""
+    x = x.double() / x.double().norm()
+    logits = [float(x @ m.double()) / tau for m in memory]
+    return -(logits[y] - math.log(sum(math.exp(v) for v in logits)))
+
+
+@pytest.fixture()
+def batch():
+    g = torch.Generator().manual_seed(0)
+    v, t = torch.randn(4, 6, generator=g), torch.randn(4, 6, generator=g)
+    mv = F.normalize(torch.randn(3, 6, generator=g), dim=1)
+    mt = F.normalize(torch.randn(2, 6, generator=g), dim=1)
+    yv = torch.tensor([0, -1, 2, 0])
+    yt = torch.tensor([1, 0, -1, -1])
+    return v, t, yv, yt, mv, mt
+
+
+@pytest.mark.parametrize("mode", ["hybrid", "intra", "cross"])
+def test_pcm_is_the_mean_of_per_term_cross_entropies(batch, mode):
+    v, t, yv, yt, mv, mt = batch
+    tau = 0.05
+
+    def term(x, memory, labels):
+        vals = [_ce(x[i], memory, int(labels[i]), tau) for i in range(4) if labels[i] >= 0]
+        return sum(vals) / len(vals)
+
+    terms = {
+        "intra": [term(v, mv, yv), term(t, mt, yt)],
+        "cross": [term(t, mv, yv), term(v, mt, yt)],
+    }
+    terms["hybrid"] = terms["intra"] + terms["cross"]
+    expected = sum(terms[mode]) / len(terms[mode])
+    got = pcm_loss(v, t, yv, yt, mv, mt, tau, mode)
+    assert got.item() == pytest.approx(expected, rel=1e-5)
+
+
+def test_pcm_skips_unlabelled_terms_and_keeps_the_graph_without_labels(batch):
+    v, t, yv, yt, mv, mt = batch
+    none = torch.full((4,), -1)
+    # only the text labels exist: intra text and cross image->M^t
+    only_text = pcm_loss(v, t, none, yt, mv, mt, 0.05, "hybrid")
+    both_text_terms = (
+        pcm_loss(v, t, none, yt, mv, mt, 0.05, "intra")
+        + pcm_loss(v, t, none, yt, mv, mt, 0.05, "cross")
+    ) / 2
+    assert only_text.item() == pytest.approx(both_text_terms.item())
+    v.requires_grad_(True)
+    zero = pcm_loss(v, t, none, none, mv, mt, 0.05, "hybrid")
+    assert zero.item() == 0.0
+    zero.backward()
+    assert v.grad is not None and torch.all(v.grad == 0)
+    with pytest.raises(ValueError, match="CPCL.PCM.MODE"):
+        pcm_loss(v, t, yv, yt, mv, mt, 0.05, "single")
+
+
+def test_icpm_positives_per_mode():
+    yv = torch.tensor([0, 0, -1, -1, 1])
+    yt = torch.tensor([2, -1, -1, 2, 2])
+    eye = torch.eye(5, dtype=torch.bool)
+    img = eye.clone()
+    img[0, 1] = img[1, 0] = True
+    txt = eye.clone()
+    for i in (0, 3, 4):
+        for j in (0, 3, 4):
+            txt[i, j] = True
+    assert torch.equal(icpm_positives(yv, yt, "instance"), eye)
+    assert torch.equal(icpm_positives(yv, yt, "image"), img)  # -1 never matches -1
+    assert torch.equal(icpm_positives(yv, yt, "text"), txt)
+    assert torch.equal(icpm_positives(yv, yt, "either"), img | txt)
+
+
+def test_icpm_equals_kl_formula_and_sdm_with_same_positives():
+    g = torch.Generator().manual_seed(1)
+    v, t = torch.randn(5, 8, generator=g), torch.randn(5, 8, generator=g)
+    pids = torch.tensor([0, 1, 0, 2, 1])
+    pos = pids.view(-1, 1) == pids.view(1, -1)
+    tau, eps = 0.1, 1e-8
+    got = icpm_loss(v, t, pos, tau, eps)
+    # the same distribution matching as IRRA's SDM when positives come from labels
+    torch.testing.assert_close(got, sdm_loss(v, t, pids, tau, eps))
+    # explicit KL for the CMPM projection form (tau = 0)
+    s_i2t = v @ F.normalize(t, dim=1).t()
+    s_t2i = t @ F.normalize(v, dim=1).t()
+    q = pos.float() / pos.float().sum(1, keepdim=True)
+    expected = 0.0
+    for s in (s_i2t, s_t2i):
+        p = s.softmax(1)
+        expected += (p * (p.log() - (q + eps).log())).sum(1).mean()
+    torch.testing.assert_close(icpm_loss(v, t, pos, 0.0, eps), expected)
+
+
+def test_icpm_rejects_bad_shapes():
+    with pytest.raises(ValueError, match="positives must be"):
+        icpm_loss(torch.randn(3, 4), torch.randn(3, 4), torch.eye(2, dtype=torch.bool))

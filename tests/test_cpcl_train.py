@@ -1,0 +1,203 @@
+"""CPCL training end to end on tiny synthetic data: the epoch's training set follows the pseudo
+labels, --resume restores pseudo labels and memories exactly, and two gloo ranks keep identical
+labels, memories and weights."""
+
+from __future__ import annotations
+
+import json
+import os
+import textwrap
+
+import numpy as np
+import pytest
+import torch
+from fastreid.engine.train_loop import HookBase
+
+from cpcl.hook import CPCLPseudoLabelHook
+from cpcl.trainer import CPCLTrainer
+from fastreid_ext.engine import build_cfg, seed_everything
+from fastreid_ext.engine.checkpoint import load_for_inference
+from fastreid_ext.engine.trainer import build_trainer
+from fastreid_ext.registry import HOOK_REGISTRY
+
+from .conftest import REPO, run_train_net, tiny_opts
+
+DEMO = str(REPO / "configs" / "CPCL" / "demo.yml")
+
+
+@HOOK_REGISTRY.register()
+class CPCLTestTrainSetProbe(HookBase):
+    """Records the training-set size, iterations and steps of every epoch."""
+
+    def __init__(self, cfg, trainer) -> None:
+        self.sizes, self.iters, self.steps = {}, {}, {}
+
+    def before_epoch(self) -> None:
+        t = self.trainer
+        self.sizes[t.epoch] = len(t.train_set)
+        self.iters[t.epoch] = t.iters_per_epoch
+
+    def after_step(self) -> None:
+        e = self.trainer.epoch
+        self.steps[e] = self.steps.get(e, 0) + 1
+
+
+def _opts(root: str, out: str, epochs: int, *extra: str):
+    return [
+        *tiny_opts(root, out, epochs=epochs),
+        "CPCL.CLUSTER.START_EPOCH",
+        "0",
+        "TEST.EVAL_PERIOD",
+        str(epochs),
+        *extra,
+    ]
+
+
+def _trainer(opts, resume: bool = False):
+    cfg = build_cfg(DEMO, opts)
+    cfg.freeze()
+    os.makedirs(cfg.OUTPUT_DIR, exist_ok=True)
+    seed_everything(cfg.SEED)
+    trainer = build_trainer(cfg)
+    trainer.resume_or_load(resume=resume)
+    return trainer
+
+
+def _hook(trainer) -> CPCLPseudoLabelHook:
+    return next(h for h in trainer._hooks if isinstance(h, CPCLPseudoLabelHook))
+
+
+def test_training_set_follows_pseudo_labels_every_epoch(synthetic_root, tmp_path):
+    # the probe hook comes after the CPCL hook, so it sees the epoch's new training set
+    trainer = _trainer(
+        _opts(
+            synthetic_root,
+            str(tmp_path / "dyn"),
+            3,
+            "CPCL.TRAIN_SET",
+            "either",
+            "TRAINER.HOOKS",
+            "['CPCLPseudoLabelHook', 'CPCLTestTrainSetProbe']",
+        )
+    )
+    total = len(trainer.train_set)
+    probe = next(h for h in trainer._hooks if isinstance(h, CPCLTestTrainSetProbe))
+    trainer.train()
+    hook = _hook(trainer)
+    batch = trainer.cfg.SOLVER.IMS_PER_BATCH
+    kept = int(((hook.image_labels >= 0) | (hook.text_labels >= 0)).sum())
+    assert probe.sizes[2] == (kept if kept >= batch else total)
+    for epoch in range(3):
+        assert probe.iters[epoch] == probe.sizes[epoch] // batch == probe.steps[epoch]
+    assert trainer.iter == trainer.max_iter == sum(probe.steps.values())
+    records = [json.loads(x) for x in (tmp_path / "dyn" / "cpcl_pseudo_labels.jsonl").open()]
+    assert [r["epoch"] for r in records] == [0, 1, 2]
+    assert all(r["image_clusters"] >= 0 and r["text_outliers"] >= 0 for r in records)
+
+
+def test_resume_restores_pseudo_labels_and_memories_exactly(synthetic_root, tmp_path):
+    # re-cluster every 2 epochs: epoch 1 trains on the labels and memories of epoch 0, which a
+    # resumed run can only have from the checkpoint
+    extra = ("CPCL.CLUSTER.PERIOD", "2")
+    full = _trainer(_opts(synthetic_root, str(tmp_path / "full"), 2, *extra))
+    full.train()
+    out = str(tmp_path / "resumed")
+    first = _trainer(_opts(synthetic_root, out, 2, *extra, "TRAINER.STOP_AFTER_EPOCHS", "1"))
+    first.train()
+    saved = torch.load(os.path.join(out, "model_0000.pth"), weights_only=True)
+    state = saved["hook_CPCLPseudoLabelHook"]
+    assert state["labels_epoch"] == 0 and state["image_memory"].shape[0] > 0
+
+    resumed = _trainer(_opts(synthetic_root, out, 2, *extra), resume=True)
+    hook = _hook(resumed)
+    assert np.array_equal(hook.image_labels, state["image_labels"].numpy())
+    assert np.array_equal(hook.text_labels, state["text_labels"].numpy())
+    assert torch.equal(hook.image_memory.features, state["image_memory"])
+    assert torch.equal(hook.text_memory.features, state["text_memory"])
+    resumed.train()
+    assert hook.labels_epoch == 0  # epoch 1 reused the restored labels
+    a, b = full.model.state_dict(), resumed.model.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    ha = _hook(full)
+    assert torch.equal(ha.image_memory.features, hook.image_memory.features)
+    assert torch.equal(ha.text_memory.features, hook.text_memory.features)
+    assert full._last_eval_results == resumed._last_eval_results
+
+    # evaluation of the final checkpoint needs neither memories nor pseudo labels
+    cfg = resumed.cfg
+    model = CPCLTrainer.build_model(cfg)
+    load_for_inference(model, os.path.join(out, "model_final.pth"))
+    assert CPCLTrainer.test(cfg, model) == resumed._last_eval_results
+
+
+PROBE = textwrap.dedent(
+    '''
+    """Saves the CPCL hook state and a weight checksum of every rank after training."""
+    import os
+
+    import torch
+    from fastreid.engine.train_loop import HookBase
+    from fastreid.utils import comm
+
+    from fastreid_ext.registry import HOOK_REGISTRY
+
+
+    @HOOK_REGISTRY.register()
+    class CPCLTestRankProbe(HookBase):
+        def __init__(self, cfg, trainer):
+            self.out = cfg.OUTPUT_DIR
+
+        def after_train(self):
+            hook = next(h for h in self.trainer._hooks if type(h).__name__ == "CPCLPseudoLabelHook")
+            model = self.trainer.model
+            state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+            torch.save(
+                {"hook": hook.state_dict(), "model": state, "world": comm.get_world_size()},
+                os.path.join(self.out, f"rank{comm.get_rank()}.pt"),
+            )
+    '''
+)
+
+
+def test_two_gloo_ranks_keep_identical_labels_memories_and_weights(synthetic_root, tmp_path):
+    plugin_dir = tmp_path / "plugin"
+    plugin_dir.mkdir()
+    (plugin_dir / "cpcl_rank_probe.py").write_text(PROBE)
+    out = tmp_path / "ddp"
+    run_train_net(
+        [
+            "--config-file",
+            DEMO,
+            "--num-gpus",
+            "2",
+            "--dist-url",
+            "auto",
+            *_opts(synthetic_root, str(out), 2),
+            "PLUGINS",
+            "['cpcl_rank_probe']",
+            "TRAINER.HOOKS",
+            "['CPCLPseudoLabelHook', 'CPCLTestRankProbe']",
+        ],
+        env_extra={"PYTHONPATH": str(plugin_dir)},
+    )
+    r0, r1 = (torch.load(out / f"rank{r}.pt", weights_only=True) for r in (0, 1))
+    assert r0["world"] == 2
+    for key in ("image_labels", "text_labels", "image_memory", "text_memory"):
+        assert torch.equal(r0["hook"][key], r1["hook"][key]), key
+    assert r0["hook"]["text_memory"].shape[0] > 0
+    assert all(torch.equal(r0["model"][k], r1["model"][k]) for k in r0["model"])
+    assert "R1" in json.loads((out / "results.json").read_text())
+
+
+@pytest.mark.parametrize(
+    "key,value,message",
+    [
+        ("CPCL.TRAIN_SET", "some", "CPCL.TRAIN_SET"),
+        ("TRAINER.HOOKS", "[]", "CPCLPseudoLabelHook"),
+        ("MODEL.T2I.LOSSES", "['SDM']", "need identity"),
+        ("CPCL.PCM.MODE", "single", "CPCL.PCM.MODE"),
+    ],
+)
+def test_bad_configuration_gives_clear_errors(synthetic_root, tmp_path, key, value, message):
+    with pytest.raises((ValueError, KeyError), match=message):
+        _trainer(_opts(synthetic_root, str(tmp_path / "bad"), 1, key, value))

@@ -55,7 +55,7 @@ def _unit(*angles_deg: float) -> np.ndarray:
 
 
 def _oplm_case():
-    """Ten pairs; image clusters A=0, X=2, B=1; text clusters T0=0, T1=1, T2=2, T3=3."""
+    """Eleven pairs; image clusters A=0, X=2, B=1; text clusters T0=0, T1=1, T2=2, T3=3."""
     yv = np.array([-1, 0, 1, 0, 0, -1, -1, -1, 2, 2, 2])
     yt = np.array([0, 0, 0, -1, 1, -1, 3, -1, 2, -1, 3])
     # image features: pair 0 is closest to pair 2 (label B=1) among its text cluster T0 {1, 2}
@@ -118,3 +118,49 @@ def test_oplm_similarity_threshold_and_ties():
     assert mine_outliers(target, guide, feats).tolist() == [3, 3, 4]
     assert mine_outliers(target, guide, feats, min_similarity=0.6).tolist() == [-1, 3, 4]
     assert mine_outliers(target, guide, feats, min_similarity=0.4).tolist() == [3, 3, 4]
+
+
+def _brute_force_mining(target, guide, feats, groups, min_similarity=None):
+    """The OPLM definition with Python loops and float64 cosines (ties: lowest m)."""
+    x = feats.astype(np.float64) / np.linalg.norm(feats.astype(np.float64), axis=1)[:, None]
+    best = {}  # unit -> (cosine, m)
+    for o in range(len(target)):
+        if target[o] >= 0 or guide[o] < 0:
+            continue
+        for m in range(len(target)):
+            if m != o and guide[m] == guide[o] and target[m] >= 0:
+                key = (-float(x[o] @ x[m]), m)
+                if groups[o] not in best or key < best[groups[o]]:
+                    best[groups[o]] = key
+    out = target.copy()
+    for o in np.flatnonzero(target < 0):
+        hit = best.get(groups[o])
+        if hit is not None and (min_similarity is None or -hit[0] >= min_similarity):
+            out[o] = target[hit[1]]
+    return out
+
+
+def test_oplm_chunked_and_blocked_scoring_equal_unchunked_and_brute_force():
+    rng = np.random.default_rng(3)
+    n = 400
+    feats = rng.standard_normal((n, 16)).astype(np.float32)
+    feats[rng.integers(0, n, 40)] = feats[rng.integers(0, n, 40)]  # exact ties
+    groups = np.arange(n) // 2  # two captions per image
+    # a giant guide cluster (label 0, half the pairs) and many small ones
+    guide = np.where(rng.random(n) < 0.5, 0, rng.integers(1, 30, n))
+    guide[rng.random(n) < 0.1] = -1
+    target = rng.integers(0, 12, n)
+    target[rng.random(n) < 0.4] = -1
+    target[groups == 7] = -1  # an outlier image whose two captions are in different clusters
+    guide[14], guide[15] = 0, 3
+    expected = _brute_force_mining(target, guide, feats, groups)
+    assert (expected != target).sum() > 50  # many outliers are assigned
+    # unchunked: one chunk of every pair, no blocked scoring (the straightforward algorithm)
+    unchunked = mine_outliers(target, guide, feats, groups, max_pairs=10**9, block_min_members=n)
+    assert np.array_equal(unchunked, expected)
+    for max_pairs, block_min in ((7, n), (1, n), (7, 5), (1, 1), (500, 50)):
+        got = mine_outliers(target, guide, feats, groups, None, max_pairs, block_min)
+        assert np.array_equal(got, expected), (max_pairs, block_min)
+    for thr in (0.0, 0.3):
+        ref = _brute_force_mining(target, guide, feats, groups, thr)
+        assert np.array_equal(mine_outliers(target, guide, feats, groups, thr, 3, 4), ref)

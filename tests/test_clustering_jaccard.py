@@ -10,9 +10,13 @@ import scipy.sparse as sp
 from fastreid_ext.clustering import (
     dense_ranking,
     exact_knn,
+    expansion_sets,
     jaccard_distance_dense,
+    jaccard_radius_graph,
     k_reciprocal_jaccard,
+    query_expansion,
 )
+from fastreid_ext.clustering.jaccard import expansion_weights
 
 
 def _features(n: int, d: int, seed: int, duplicates: bool = False) -> np.ndarray:
@@ -133,3 +137,21 @@ def test_bad_features_raise_clear_errors():
         k_reciprocal_jaccard(np.zeros((5, 4), dtype=np.float32))
     with pytest.raises(ValueError, match=r"\[N, D\]"):
         k_reciprocal_jaccard(np.zeros(5, dtype=np.float32))
+
+
+@pytest.mark.parametrize("eps", [1.0, 0.6])
+def test_jaccard_radius_graph_is_independent_of_the_triple_cap(eps):
+    x = _features(200, 16, 8)
+    ranking = exact_knn(x, 20)
+    indptr, indices = expansion_sets(ranking)
+    v = sp.csr_matrix((expansion_weights(x, indptr, indices), indices, indptr), shape=(200, 200))
+    vqe = query_expansion(v, ranking, 6)
+    reference = jaccard_radius_graph(vqe, eps, chunk_rows=10**6, max_triples=10**9)
+    assert reference.nnz > 5 * 200
+    # rows hold up to ~4k triples: several rows per chunk (cap 20k, or 3 rows), and single rows
+    # enumerated in pieces (cap 1,000)
+    for chunk_rows, cap in ((256, 20_000), (3, 10**9), (256, 1_000)):
+        got = jaccard_radius_graph(vqe, eps, chunk_rows=chunk_rows, max_triples=cap)
+        assert np.array_equal(got.indptr, reference.indptr)
+        assert np.array_equal(got.indices, reference.indices)
+        assert np.array_equal(got.data, reference.data)

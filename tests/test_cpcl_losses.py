@@ -7,8 +7,10 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from fastreid.config import CfgNode
 
-from cpcl.losses import icpm_loss, icpm_positives, pcm_loss
+from cpcl.config import add_cpcl_config
+from cpcl.losses import ICPM_POSITIVES, hcm_losses, icpm_loss, icpm_positives, pcm_loss
 from fastreid_ext.modeling.losses import sdm_loss
 
 
@@ -107,3 +109,52 @@ def test_icpm_equals_kl_formula_and_sdm_with_same_positives():
 def test_icpm_rejects_bad_shapes():
     with pytest.raises(ValueError, match="positives must be"):
         icpm_loss(torch.randn(3, 4), torch.randn(3, 4), torch.eye(2, dtype=torch.bool))
+
+
+def test_icpm_positives_always_include_captions_of_the_same_image():
+    # pairs 0/1 and 2/3 show the same image; pair 0/1's image is an outlier
+    yv = torch.tensor([-1, -1, 0, 0, -1])
+    yt = torch.tensor([-1, 2, -1, -1, 2])
+    ids = torch.tensor([7, 7, 3, 3, 9])
+    same_image = ids.view(-1, 1) == ids.view(1, -1)
+    for mode in ICPM_POSITIVES:
+        pos = icpm_positives(yv, yt, mode, image_ids=ids)
+        assert torch.equal(pos, icpm_positives(yv, yt, mode) | same_image), mode
+        assert pos[0, 1] and pos[1, 0] and not pos[0, 4]
+    assert torch.equal(icpm_positives(yv, yt, "instance", ids), same_image)
+    assert icpm_positives(yv, yt, "text", ids)[1, 4]  # shared text label
+    with pytest.raises(ValueError, match="image_ids must be"):
+        icpm_positives(yv, yt, "image", image_ids=ids[:3])
+
+
+def _cpcl_cfg(tau: float) -> CfgNode:
+    cfg = CfgNode()
+    add_cpcl_config(cfg)
+    cfg.CPCL.ICPM.TAU = tau
+    cfg.CPCL.ICPM.POSITIVES = "either"
+    return cfg.CPCL
+
+
+@pytest.mark.parametrize("tau", [0.02, 0.0])
+def test_hcm_losses_are_float32_inside_bf16_autocast(tau):
+    g = torch.Generator().manual_seed(2)
+    v, t = torch.randn(32, 64, generator=g), torch.randn(32, 64, generator=g)
+    mv = F.normalize(torch.randn(6, 64, generator=g), dim=1)
+    mt = F.normalize(torch.randn(5, 64, generator=g), dim=1)
+    yv, yt = torch.randint(-1, 6, (32,), generator=g), torch.randint(-1, 5, (32,), generator=g)
+    ids = torch.arange(32) // 2
+    cfg = _cpcl_cfg(tau)
+    ref = hcm_losses(v, t, yv, yt, mv, mt, cfg, ids)
+    ref_bf16_inputs = hcm_losses(v.bfloat16().float(), t.bfloat16().float(), yv, yt, mv, mt, cfg)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = hcm_losses(v, t, yv, yt, mv, mt, cfg, ids)
+        # features as a bf16 forward would give them (memories stay float32)
+        got_bf16_inputs = hcm_losses(v.bfloat16(), t.bfloat16(), yv, yt, mv, mt, cfg)
+        # the raw losses inside autocast do run in bf16: the test is sensitive
+        raw = icpm_loss(v, t, icpm_positives(yv, yt, "either", ids), tau)
+    assert set(got) == {"loss_pcm", "loss_icpm"}
+    for key in got:
+        assert got[key].dtype == torch.float32
+        assert torch.equal(got[key], ref[key]), key
+        assert torch.equal(got_bf16_inputs[key], ref_bf16_inputs[key]), key
+    assert not torch.allclose(raw.float(), ref["loss_icpm"], rtol=1e-4, atol=0)

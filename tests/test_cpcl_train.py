@@ -132,9 +132,10 @@ def test_resume_restores_pseudo_labels_and_memories_exactly(synthetic_root, tmp_
 
 PROBE = textwrap.dedent(
     '''
-    """Saves the CPCL hook state and a weight checksum of every rank after training."""
+    """Records every rank's training set per epoch and saves its CPCL state after training."""
     import os
 
+    import numpy as np
     import torch
     from fastreid.engine.train_loop import HookBase
     from fastreid.utils import comm
@@ -146,13 +147,32 @@ PROBE = textwrap.dedent(
     class CPCLTestRankProbe(HookBase):
         def __init__(self, cfg, trainer):
             self.out = cfg.OUTPUT_DIR
+            self.epochs = {}  # epoch -> [size, iters_per_epoch, steps, pairs kept by the labels]
+
+        def _hook(self):
+            return next(h for h in self.trainer._hooks if type(h).__name__ == "CPCLPseudoLabelHook")
+
+        def before_epoch(self):
+            t, hook = self.trainer, self._hook()
+            kept = int(np.sum((hook.image_labels >= 0) | (hook.text_labels >= 0)))
+            self.epochs[t.epoch] = [len(t.train_set), t.iters_per_epoch, 0, kept]
+
+        def after_step(self):
+            self.epochs[self.trainer.epoch][2] += 1
 
         def after_train(self):
-            hook = next(h for h in self.trainer._hooks if type(h).__name__ == "CPCLPseudoLabelHook")
             model = self.trainer.model
             state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
             torch.save(
-                {"hook": hook.state_dict(), "model": state, "world": comm.get_world_size()},
+                {
+                    "hook": self._hook().state_dict(),
+                    "model": state,
+                    "world": comm.get_world_size(),
+                    "epochs": torch.tensor([self.epochs[e] for e in sorted(self.epochs)]),
+                    "total_pairs": len(self._hook().base.pairs),
+                    "max_iter": self.trainer.max_iter,
+                    "iter": self.trainer.iter,
+                },
                 os.path.join(self.out, f"rank{comm.get_rank()}.pt"),
             )
     '''
@@ -164,6 +184,7 @@ def test_two_gloo_ranks_keep_identical_labels_memories_and_weights(synthetic_roo
     plugin_dir.mkdir()
     (plugin_dir / "cpcl_rank_probe.py").write_text(PROBE)
     out = tmp_path / "ddp"
+    epochs, batch = 2, 16
     run_train_net(
         [
             "--config-file",
@@ -172,7 +193,9 @@ def test_two_gloo_ranks_keep_identical_labels_memories_and_weights(synthetic_roo
             "2",
             "--dist-url",
             "auto",
-            *_opts(synthetic_root, str(out), 2),
+            *_opts(synthetic_root, str(out), epochs),
+            "CPCL.TRAIN_SET",
+            "either",  # outliers of both modalities are dropped: the set changes per epoch
             "PLUGINS",
             "['cpcl_rank_probe']",
             "TRAINER.HOOKS",
@@ -187,6 +210,16 @@ def test_two_gloo_ranks_keep_identical_labels_memories_and_weights(synthetic_roo
     assert r0["hook"]["text_memory"].shape[0] > 0
     assert all(torch.equal(r0["model"][k], r1["model"][k]) for k in r0["model"])
     assert "R1" in json.loads((out / "results.json").read_text())
+    # the epoch's training set, its iterations and the steps taken agree across ranks and with
+    # the global batch (SOLVER.IMS_PER_BATCH, split over the ranks)
+    assert torch.equal(r0["epochs"], r1["epochs"])
+    total = r0["total_pairs"]
+    for size, iters, steps, kept in r0["epochs"].tolist():
+        assert size == (kept if kept >= batch else total)
+        assert iters == size // batch == steps
+    sizes = r0["epochs"][:, 0].tolist()
+    assert min(sizes) < total  # "either" dropped pairs in at least one epoch
+    assert r0["iter"] == r0["max_iter"] == int(r0["epochs"][:, 2].sum()) == r1["iter"]
 
 
 @pytest.mark.parametrize(

@@ -14,8 +14,9 @@ import csdn  # noqa: F401  (registers CSDN, its trainer and config keys)
 from csdn.fusion import SemanticInformationIntegration
 from csdn.losses import msel_loss, supcon_loss, wrt_triplet_loss
 from csdn.model import PHASES
+from csdn.phases import PhasePlan, PhaseSchedule, TimmCosineSchedule
 from csdn.prompt import IdentityPromptLearner
-from csdn.trainer import CSDNPhasedTrainer, PhasePlan, PhaseSchedule, TimmCosineSchedule
+from csdn.trainer import CSDNPhasedTrainer
 from fastreid_ext.config import add_fastreid_ext_config, apply_config_extensions
 from fastreid_ext.modeling.clip import create_clip
 from fastreid_ext.text import ClipTokenizer
@@ -159,8 +160,13 @@ def _phase_batch(model, phase: str):
         return {"vis_feats": torch.randn(6, d), "ir_feats": torch.randn(6, d), "targets": y}
     if phase == "fusion":
         with torch.no_grad():
-            t_vis, t_ir = model.class_texts(y)
-        return {"feats": torch.randn(6, d), "targets": y, "text_vis": t_vis, "text_ir": t_ir}
+            t_vis, t_ir = model.class_texts(torch.arange(model.num_classes))
+        return {
+            "feats": torch.randn(6, d),
+            "targets": y,
+            "class_text_vis": t_vis,
+            "class_text_ir": t_ir,
+        }
     return _image_batch()
 
 
@@ -265,6 +271,12 @@ def test_inference_features_and_vit_variant():
         torch.testing.assert_close(part.norm(dim=1), torch.ones(4))
     single = model({"images": batch["images"][1:2], "modality": torch.tensor([1])})["image_feats"]
     torch.testing.assert_close(single[0], feats[1], rtol=1e-4, atol=1e-5)  # per-modality stems
+    with torch.no_grad():  # the infrared stem does not touch visible images
+        for p in model.image_encoder.stems[1].parameters():
+            p.add_(torch.randn_like(p))
+    again = model(batch)["image_feats"]
+    assert torch.equal(again[[0, 2]], feats[[0, 2]])
+    assert not torch.allclose(again[[1, 3]], feats[[1, 3]], atol=1e-3)
     vit = build_model(
         _cfg(
             "MODEL.CLIP.NAME",

@@ -96,6 +96,10 @@ def test_resume_inside_and_across_phases_matches_uninterrupted(tiny_root, tmp_pa
             ckpt = _load(parts / "model_0001.pth")
             assert ckpt["csdn_phase"] == {"phase": 1, "name": "fusion"} and ckpt["epoch"] == 1
             assert not (parts / "model_final.pth").exists()
+            # a fusion-phase checkpoint exists: the prompt-phase bank cache is gone
+            banks = sorted(p.name for p in parts.glob("csdn_bank_phase*.pt"))
+            assert banks == ["csdn_bank_phase2.pt"]
+    assert not list(full.glob("csdn_bank_*")) and not list(parts.glob("csdn_bank_*"))
     a, b = _load(full / "model_final.pth"), _load(parts / "model_final.pth")
     assert a["model"].keys() == b["model"].keys()
     for k in a["model"]:

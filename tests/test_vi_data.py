@@ -1,5 +1,6 @@
-"""SYSU-MM01 / RegDB layouts, trial galleries, the cross-modal sampler, CAJ transforms, the VI
-evaluator end to end, and the synthetic writers."""
+"""SYSU-MM01 / RegDB layouts, single-shot trial galleries, evaluation plans, dataset errors, the
+paired training loader, the VI evaluator end to end (exact against the per-query reference) and
+the synthetic writers."""
 
 from __future__ import annotations
 
@@ -15,23 +16,19 @@ from fastreid_ext.config import add_fastreid_ext_config, apply_config_extensions
 from fastreid_ext.data.vi import (
     INFRARED,
     VISIBLE,
-    ChannelAdapGray,
-    ChannelExchange,
-    ChannelRandomErasing,
-    CrossModalIdentitySampler,
     RegDBCrossModal,
     SYSUMM01CrossModal,
     VIDatasetError,
     build_vi_sampler,
     build_vi_train_set,
-    build_vi_transforms,
+    load_vi_dataset,
     write_synthetic_regdb,
     write_synthetic_sysu,
 )
 from fastreid_ext.data.vi.loaders import build_vi_loader
 from fastreid_ext.evaluation.inference import run_inference
-from fastreid_ext.evaluation.vi_evaluator import VIReIDEvaluator, evaluate_plan
-from fastreid_ext.evaluation.vi_metrics import average_trials, reference_metrics_from_similarity
+from fastreid_ext.evaluation.vi_evaluator import VIReIDEvaluator, _ordered, evaluate_plan
+from fastreid_ext.evaluation.vi_reference import average_trials, reference_metrics_from_similarity
 
 
 @pytest.fixture(scope="module")
@@ -181,110 +178,13 @@ def test_regdb_trials_and_directions(vi_root):
         assert res[name] == pytest.approx(ref, rel=1e-12)
 
 
-def test_sysu_inputs_do_not_collide_with_fastreid_sysu():
-    from fastreid.data.datasets import DATASET_REGISTRY
-
-    assert DATASET_REGISTRY.get("SYSU_mm") is not SYSUMM01CrossModal
-    assert DATASET_REGISTRY.get("SYSUMM01CrossModal") is SYSUMM01CrossModal
-
-
-# ---------------------------------------------------------------------------------- sampler
-def test_sampler_identities_modalities_determinism_and_length():
-    vis = [i % 6 for i in range(30)]  # 6 labels, 5 visible images each
-    ir = [i % 6 for i in range(18)] + [9]  # label 9 has no visible image
-    s = CrossModalIdentitySampler(vis, ir, num_identities=3, num_instances=2, seed=5)
-    assert len(s) == 30 // 6 + 1
-    s.set_epoch(0)
-    batches = list(s)
-    assert len(batches) == len(s)
-    for b in batches:
-        assert len(b) == 6
-        ids = [vis[v] for v, _ in b]
-        assert all(vis[v] == ir[r] for v, r in b)  # same identity in both modalities
-        assert ids[0::2] == ids[1::2] and len(set(ids)) == 3  # P ids x K consecutive pairs
-    assert list(s) == batches
-    s.set_epoch(1)
-    assert list(s) != batches
-
-
-def test_sampler_rank_shards_keep_identities_whole():
-    vis, ir = [i % 8 for i in range(40)], [i % 8 for i in range(24)]
-    full = CrossModalIdentitySampler(vis, ir, 4, 3, seed=1)
-    ranks = [CrossModalIdentitySampler(vis, ir, 4, 3, seed=1, rank=r, world_size=2) for r in (0, 1)]
-    for s in [full] + ranks:
-        s.set_epoch(2)
-    for whole, a, b in zip(full, *ranks):
-        assert a + b == whole and len(a) == len(b) == 6
-        assert not {vis[v] for v, _ in a} & {vis[v] for v, _ in b}
-    with pytest.raises(ValueError, match="divisible by the world size"):
-        CrossModalIdentitySampler(vis, ir, 3, 2, world_size=2)
-    with pytest.raises(ValueError, match="only 8 labels"):
-        CrossModalIdentitySampler(vis, ir, 9, 2)
-
-
-# ---------------------------------------------------------------------------------- transforms
-MEAN, STD = (100.0, 110.0, 120.0), (50.0, 60.0, 70.0)
-
-
-def _normalised(x):
-    return (x - torch.tensor(MEAN).view(3, 1, 1)) / torch.tensor(STD).view(3, 1, 1)
-
-
-def test_channel_exchange_and_adaptive_gray_act_in_normalised_space():
-    img = torch.rand(3, 8, 4) * 255
-    z = _normalised(img)
-    gray = 0.2989 * z[0] + 0.5870 * z[1] + 0.1140 * z[2]
-    seen = set()
-    torch.manual_seed(0)
-    for _ in range(40):
-        out = _normalised(ChannelExchange(2, MEAN, STD)(img))
-        c = next(c for c in range(3) if torch.allclose(out[0], z[c], atol=1e-4))
-        assert all(torch.allclose(out[k], z[c], atol=1e-4) for k in range(3))
-        seen.add(c)
-    assert seen == {0, 1, 2}
-    torch.manual_seed(1)
-    outs = [_normalised(ChannelExchange(3, MEAN, STD)(img)) for _ in range(40)]
-    assert any(torch.allclose(o[1], gray, atol=1e-4) for o in outs)
-    keep = [ChannelAdapGray(0.0, MEAN, STD)(img) for _ in range(40)]
-    assert any(torch.equal(o, img) for o in keep)  # branch 3 with p = 0 keeps the image
-    assert not any(torch.allclose(_normalised(o)[0], gray, atol=1e-4) for o in keep)
-    always = [_normalised(ChannelAdapGray(1.0, MEAN, STD)(img)) for _ in range(40)]
-    assert any(torch.allclose(o[2], gray, atol=1e-4) for o in always)
-
-
-def test_channel_random_erasing_fills_a_rectangle_with_the_normalised_value():
-    img = torch.full((3, 40, 20), 7.0)
-    torch.manual_seed(0)
-    op = ChannelRandomErasing(1.0, (0.1, 0.2), 0.5, (0.4914, 0.4822, 0.4465), MEAN, STD)
-    out = op(img)
-    changed = (out != img).any(0)
-    rows, cols = changed.any(1).nonzero(), changed.any(0).nonzero()
-    h, w = len(rows), len(cols)
-    assert changed.sum() == h * w and 0.05 * 800 <= h * w <= 0.25 * 800  # one rectangle
-    np.testing.assert_allclose(
-        _normalised(out)[:, changed][:, 0], [0.4914, 0.4822, 0.4465], atol=1e-5
-    )
-    assert torch.equal(ChannelRandomErasing(0.0)(img), img)
-
-
-def test_vi_transform_pipelines_from_config(vi_root):
-    cfg = _cfg(
-        vi_root,
-        INPUT__VI__VISIBLE_AUG_VIEWS=[
-            ["ChannelRandomErasing"],
-            ["ChannelRandomErasing", "ChannelExchange"],
-        ],
-        INPUT__VI__INFRARED_AUG=["ChannelRandomErasing", "ChannelAdapGray"],
-    )
-    names = [type(t).__name__ for t in build_vi_transforms(cfg, True, VISIBLE, 1).transforms]
-    assert names[-2:] == ["ChannelRandomErasing", "ChannelExchange"]
-    assert (
-        type(build_vi_transforms(cfg, True, INFRARED).transforms[-1]).__name__ == "ChannelAdapGray"
-    )
-    assert len(build_vi_transforms(cfg, False).transforms) == 2
-    cfg.INPUT.VI.INFRARED_AUG = ["ChannelShuffle"]
-    with pytest.raises(KeyError, match="INPUT.VI.INFRARED_AUG"):
-        build_vi_transforms(cfg, True, INFRARED)
+def test_fastreid_sysu_mm_is_refused_as_a_vi_dataset(vi_root):
+    cfg = _cfg(vi_root, DATASETS__NAMES=("SYSU_mm",))
+    with pytest.raises(KeyError, match=r"DATASETS.TESTS: 'SYSU_mm'.*SYSU_mm is train-only"):
+        load_vi_dataset("SYSU_mm", cfg, "DATASETS.TESTS")
+    with pytest.raises(KeyError, match=r"DATASETS.NAMES: 'SYSU_mm'.*SYSUMM01CrossModal"):
+        build_vi_train_set(cfg)
+    assert type(load_vi_dataset("SYSUMM01CrossModal", cfg)) is SYSUMM01CrossModal
 
 
 def test_pair_set_loader_batches(vi_root):
@@ -307,10 +207,14 @@ def test_pair_set_loader_batches(vi_root):
 class _OracleModel(torch.nn.Module):
     """Features = one-hot identity + modality-dependent noise (eval-mode image encoder)."""
 
+    def __init__(self, scale: float = 1.0) -> None:
+        super().__init__()
+        self.scale = scale
+
     def forward(self, batch):
         g = torch.Generator().manual_seed(int(batch["indices"][0]))
         feats = torch.nn.functional.one_hot(batch["targets"] % 40, 40).float()
-        noise = 0.08 if int(batch["modality"][0]) == INFRARED else 0.04
+        noise = self.scale * (0.08 if int(batch["modality"][0]) == INFRARED else 0.04)
         assert (batch["modality"] == batch["modality"][0]).all()  # one modality per batch
         return {"image_feats": feats + noise * torch.randn(feats.shape, generator=g)}
 
@@ -318,13 +222,30 @@ class _OracleModel(torch.nn.Module):
 def test_vi_evaluator_end_to_end(vi_root):
     cfg = _cfg(vi_root)
     cfg.TEST.IMS_PER_BATCH = 16
-    cfg.TEST.VI.SYSU_SETTINGS = ["all-single", "indoor-single"]
+    cfg.TEST.VI.SYSU_SETTINGS = ["all-single", "indoor-single", "all-multi"]
     cfg.TEST.VI.TRIALS = 3
     loader, evaluator = VIReIDEvaluator.build(cfg, "SYSUMM01CrossModal", "")
     res = run_inference(_OracleModel(), loader, evaluator)
-    for key in ("R1", "R5", "R10", "R20", "mAP", "mINP", "indoor-single/R1", "indoor-single/mAP"):
-        assert 0.0 <= res[key] <= 100.0
     assert res["metric"] == res["R1"] > 90.0
+    # noisy features: the union-of-trials path equals the per-query reference trial by trial
+    res = run_inference(_OracleModel(scale=10.0), loader, evaluator)
+    assert 20.0 < res["R1"] < 90.0 and 20.0 < res["all-multi/mAP"] < 90.0
+    plan = evaluator.plan
+    feats = _ordered(evaluator._parts, len(plan.images)).double()
+    pids = np.array([x.pid for x in plan.images])
+    cams = np.array([x.camid for x in plan.images])
+    for i, task in enumerate(plan.tasks):
+        q = task.query
+        trials = [
+            reference_metrics_from_similarity(
+                (feats[q] @ feats[g].t()).numpy(), pids[q], pids[g], cams[q], cams[g], "sysu"
+            )
+            for g in task.galleries
+        ]
+        assert len(trials) == 3 and len({tuple(g) for g in task.galleries}) == 3
+        prefix = "" if i == 0 else f"{task.name}/"
+        for key, value in average_trials(trials).items():
+            assert res[prefix + key] == pytest.approx(value, rel=1e-9, abs=1e-9), prefix + key
     cfg.TEST.VI.REGDB_DIRECTIONS = ["i2v", "v2i"]
     loader, evaluator = VIReIDEvaluator.build(cfg, "RegDBCrossModal", "")
     res = run_inference(_OracleModel(), loader, evaluator)

@@ -6,12 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from fastreid_ext.evaluation.vi_metrics import (
-    average_trials,
-    cross_modal_metrics,
-    metrics_from_similarity,
-    reference_metrics_from_similarity,
-)
+from fastreid_ext.evaluation.vi_metrics import cross_modal_metrics, metrics_from_similarity
+from fastreid_ext.evaluation.vi_reference import average_trials, reference_metrics_from_similarity
 
 # Gallery ranked by score: g0 A cam2, g1 B cam1, g2 B cam4, g3 A cam4, g4 C cam5.
 G_PIDS = [0, 1, 1, 0, 2]

@@ -9,6 +9,8 @@ fits (``--dense-max``), it runs on the same features and the labels are compared
 
 Example (two cores):
     OMP_NUM_THREADS=2 python tools/benchmark_cpcl_clustering.py --sizes 10000 20000 40000 68000
+    # OPLM's memory worst case: one giant guide cluster (5,000 outliers x 30,000 candidates)
+    OMP_NUM_THREADS=1 python tools/benchmark_cpcl_clustering.py --giant-oplm 5000 30000
 """
 
 from __future__ import annotations
@@ -147,6 +149,26 @@ def run_single(n: int, dim: int, dense_max: int, seed: int) -> Dict[str, float]:
     return res
 
 
+def run_giant_oplm(outliers: int, candidates: int, dim: int, seed: int) -> Dict[str, float]:
+    """OPLM with one giant guide cluster pairing ``outliers`` outliers with ``candidates``
+    clustered samples (``outliers * candidates`` pairs: the memory worst case)."""
+    from fastreid_ext.clustering import mine_outliers
+
+    rng = np.random.default_rng(seed)
+    n = outliers + candidates
+    x = rng.standard_normal((n, dim), dtype=np.float32)
+    guide = np.zeros(n, dtype=np.int64)
+    target = rng.integers(0, max(candidates // 6, 1), n)
+    target[:outliers] = -1
+    sampler = RssSampler()
+    res: Dict[str, float] = {"outliers": outliers, "candidates": candidates}
+    with sampler.window(res, "oplm"):
+        out = mine_outliers(target, guide, x)
+    sampler.stop()
+    res["assigned"] = int((out[:outliers] >= 0).sum())
+    return res
+
+
 def print_table(rows: List[Dict[str, float]]) -> None:
     """Human-readable summary."""
     head = ["N"] + [f"{s} s/MiB" for s in STAGES] + ["sparse s", "peak MiB", "clusters/outl", "NMI"]
@@ -177,8 +199,23 @@ def main(argv: List[str] | None = None) -> int:
     p.add_argument("--dense-max", type=int, default=20000, help="largest N for the dense run")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", default="", help="write the measurements to this file")
+    p.add_argument(
+        "--giant-oplm",
+        type=int,
+        nargs=2,
+        metavar=("OUTLIERS", "CANDIDATES"),
+        help="instead: time OPLM on one guide cluster of this many outliers x candidates",
+    )
     p.add_argument("--single", type=int, default=0, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    if args.giant_oplm:
+        res = run_giant_oplm(*args.giant_oplm, args.dim, args.seed)
+        print(
+            f"OPLM, {res['outliers']} outliers x {res['candidates']} candidates in one guide "
+            f"cluster: {res['oplm_s']:.2f} s, peak {res['oplm_mib']:.0f} MiB above the start, "
+            f"{res['assigned']} assigned"
+        )
+        return 0
     if args.single:
         res = run_single(args.single, args.dim, args.dense_max, args.seed)
         print("RESULT " + json.dumps(res))

@@ -9,13 +9,16 @@ L2-normalised 1536-d halves as CSDN's test feature):
 * RegDB, one trial: 2,060 visible queries against 2,060 thermal images (206 identities).
 
 "fast" is the evaluator's code path (``evaluate_plan``: one similarity against the union of the
-trial galleries, vectorised ranking and metrics); "loop" computes each trial's similarity and
-then the metrics one query at a time (``reference_metrics_from_similarity``). Both must give
-the same numbers; the script prints the largest difference and the speed-ups (end to end, and of
-the metric computation alone, since both compute the same similarities).
+trial galleries, vectorised ranking and metrics, on ``--device``); "loop" computes each trial's
+similarity on ``--device`` and then the metrics one query at a time on the CPU
+(``reference_metrics_from_similarity``, numpy). Both must give the same numbers; the script
+prints the largest difference and both speed-ups: of the metric computation alone (the part the
+two implementations do differently) and end to end (including the similarity products, which
+dominate the fast path on a CPU). GPU timings synchronise before reading the clock.
 
-Example:
+Examples:
     OMP_NUM_THREADS=1 python tools/benchmark_vi_eval.py
+    python tools/benchmark_vi_eval.py --device cuda
 """
 
 from __future__ import annotations
@@ -32,11 +35,8 @@ import torch.nn.functional as F
 
 from fastreid_ext.data.vi.base import INFRARED, VISIBLE, VIEvaluationPlan, VIImage, VIRetrievalTask
 from fastreid_ext.evaluation.vi_evaluator import evaluate_plan
-from fastreid_ext.evaluation.vi_metrics import (
-    average_trials,
-    reference_metrics_from_similarity,
-    similarity,
-)
+from fastreid_ext.evaluation.vi_metrics import similarity
+from fastreid_ext.evaluation.vi_reference import average_trials, reference_metrics_from_similarity
 
 
 def parse_args(argv: List[str] | None = None) -> argparse.Namespace:
@@ -49,7 +49,15 @@ def parse_args(argv: List[str] | None = None) -> argparse.Namespace:
     p.add_argument("--noise", type=float, default=4.0, help="feature noise around identity centres")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: keep the default)")
+    p.add_argument(
+        "--device", default="cpu", choices=["cpu", "cuda"], help="where features and metrics live"
+    )
     return p.parse_args(argv)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def _features(pids: np.ndarray, centres: torch.Tensor, noise: float, gen) -> torch.Tensor:
@@ -111,7 +119,7 @@ def loop_evaluate(plan: VIEvaluationPlan, feats: torch.Tensor) -> Tuple[Dict, fl
     q = task.query
     trials, metric_time = [], 0.0
     for g in task.galleries:
-        sim = similarity(feats[torch.as_tensor(q)], feats[torch.as_tensor(g)]).numpy()
+        sim = similarity(feats[torch.as_tensor(q)], feats[torch.as_tensor(g)]).cpu().numpy()
         start = time.perf_counter()
         trials.append(
             reference_metrics_from_similarity(
@@ -130,12 +138,15 @@ def run(
     fast_time, fast_metric_time, fast = float("inf"), float("inf"), None
     for _ in range(repeats):
         timings: Dict[str, float] = {}
+        _sync(feats.device)
         start = time.perf_counter()
         fast = evaluate_plan(plan, feats, timings=timings)[task.name]
+        _sync(feats.device)
         fast_time = min(fast_time, time.perf_counter() - start)
         fast_metric_time = min(fast_metric_time, timings["metrics"])
     loop_time, loop_metric_time, loop = float("inf"), float("inf"), None
     for _ in range(loop_repeats):
+        _sync(feats.device)
         start = time.perf_counter()
         loop, metric_time = loop_evaluate(plan, feats)
         loop_time = min(loop_time, time.perf_counter() - start)
@@ -158,9 +169,15 @@ def main(argv: List[str] | None = None) -> int:
     args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        print("error: --device cuda but torch sees no CUDA device", file=sys.stderr)
+        return 2
+    device = torch.device(args.device)
     gen = torch.Generator().manual_seed(args.seed)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} thread(s), CPU")
+    where = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} CPU thread(s), {where}")
     plan, feats = sysu_workload(args, gen)
+    feats = feats.to(device)
     n_gal = len(plan.tasks[0].galleries[0])
     ok = run(
         f"SYSU all-single {len(plan.tasks[0].query)}x{n_gal}x{args.trials}",
@@ -170,6 +187,7 @@ def main(argv: List[str] | None = None) -> int:
         args.loop_repeats,
     )
     plan, feats = regdb_workload(args, gen)
+    feats = feats.to(device)
     ok &= run("RegDB v2i 2060x2060x1", plan, feats, args.repeats, args.loop_repeats)
     print("numbers identical" if ok else "MISMATCH between the implementations")
     return 0 if ok else 1

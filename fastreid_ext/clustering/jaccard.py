@@ -27,6 +27,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from .knn import exact_knn, l2_normalize, pair_cosine64
+from .radius_graph import MAX_TRIPLES, jaccard_radius_graph
 
 __all__ = [
     "reciprocal_neighbors",
@@ -35,6 +36,7 @@ __all__ = [
     "query_expansion",
     "jaccard_radius_graph",
     "k_reciprocal_jaccard",
+    "MAX_TRIPLES",
 ]
 
 
@@ -83,7 +85,8 @@ def expansion_sets(ranking: np.ndarray, chunk: int = 512) -> Tuple[np.ndarray, n
         accept = valid & (inside.sum(-1) > (2.0 / 3.0) * rh_len[safe])
         extra = (local[:, :, None] + cand)[accept[..., None] & cand_ok]
         keys = np.concatenate([own, extra])
-        # first occurrence of every key (duplicates share the stamp of their last writer)
+        # one copy of every key: all occurrences of a key read back the single stamp that
+        # survived the assignment (in practice the last one's), so exactly one occurrence passes
         order = np.arange(len(keys), dtype=np.int32)
         stamp[keys] = order
         keys = np.sort(keys[stamp[keys] == order])
@@ -130,104 +133,6 @@ def query_expansion(v: sp.csr_matrix, ranking: np.ndarray, k2: int) -> sp.csr_ma
     out = out.astype(np.float32)
     out.sort_indices()
     return out
-
-
-def _jaccard_from_overlap(m: np.ndarray) -> np.ndarray:
-    """``max(1 - m / (2 - m), 0)`` in float64, rounded to float32."""
-    return np.maximum(1.0 - m / (2.0 - m), 0.0).astype(np.float32)
-
-
-def _csc_order(vqe: sp.csr_matrix):
-    """Row of every CSR entry, and the CSR entry ids in CSC order (by column, then row)."""
-    n, nnz = vqe.shape[0], vqe.nnz
-    rows = np.repeat(np.arange(n, dtype=np.int64), np.diff(vqe.indptr))
-    ids = sp.csr_matrix(
-        (np.arange(1, nnz + 1, dtype=np.float64), vqe.indices, vqe.indptr), shape=vqe.shape
-    ).tocsc()
-    ids.sort_indices()
-    return rows, ids.data.astype(np.int64) - 1, ids.indptr.astype(np.int64)
-
-
-def _heavy_entries(vqe: sp.csr_matrix, rows: np.ndarray, m_min: float) -> np.ndarray:
-    """Mask ``[nnz]`` of each row's largest entries, as few as leave less than ``m_min`` of the
-    row's mass outside. Any pair with overlap ``m >= m_min`` shares one of row i's heavy columns
-    (otherwise ``m <= mass outside < m_min``)."""
-    vals = vqe.data.astype(np.float64)
-    counts = np.diff(vqe.indptr)
-    order = np.argsort(rows - 0.5 * vals, kind="stable")  # by row, then value descending
-    sorted_vals = vals[order]
-    csum = np.cumsum(sorted_vals)
-    row_start = np.concatenate([[0.0], csum])[vqe.indptr[:-1]]
-    before = csum - sorted_vals - np.repeat(row_start, counts)
-    total = np.repeat(np.bincount(rows, weights=vals, minlength=vqe.shape[0]), counts)
-    heavy = np.empty(len(vals), dtype=bool)
-    heavy[order] = total - before >= m_min - 1e-9  # mass from this entry on, inclusive
-    return heavy
-
-
-def jaccard_radius_graph(
-    vqe: sp.csr_matrix, max_distance: float, chunk_rows: int = 256
-) -> sp.csr_matrix:
-    """Symmetric CSR ``[N, N]`` float32 of the Jaccard distances ``<= max_distance`` (the
-    diagonal always stored, even when larger).
-
-    For each row chunk, every triple (i, k, j) with ``V_qe[i, k] > 0``, ``V_qe[j, k] > 0`` and
-    ``j > i`` is enumerated column-wise and the ``min`` values are accumulated per (i, j) in a
-    reusable ``[chunk, N]`` float64 buffer. The sums are read back only at triples through one
-    of row i's heavy columns (:func:`_heavy_entries`), which every pair within ``max_distance``
-    has, and the touched entries are reset.
-    """
-    n = vqe.shape[0]
-    vqe = sp.csr_matrix(vqe, dtype=np.float32)
-    vqe.sort_indices()
-    indptr = vqe.indptr.astype(np.int64)
-    cols = vqe.indices.astype(np.int64)
-    vals = vqe.data
-    rows, order, c_ptr = _csc_order(vqe)
-    c_rows, c_vals = rows[order], vals[order]
-    csc_pos = np.empty(len(cols), dtype=np.int64)
-    csc_pos[order] = np.arange(len(cols))
-
-    # overlap needed for d <= max_distance, with slack: the final test is on float32 values
-    m_min = 2.0 * (1.0 - max_distance) / (2.0 - max_distance) - 1e-6 if max_distance < 1 else 0.0
-    heavy = _heavy_entries(vqe, rows, m_min) if m_min > 0 else np.ones(len(cols), dtype=bool)
-    acc = np.zeros(min(chunk_rows, n) * n, dtype=np.float64)
-    out_i, out_j, out_d = [], [], []
-    for s in range(0, n, chunk_rows):
-        e = min(s + chunk_rows, n)
-        p0, p1 = indptr[s], indptr[e]
-        start = csc_pos[p0:p1] + 1  # later entries of the column: rows j > i
-        length = c_ptr[cols[p0:p1] + 1] - start
-        total = int(length.sum())
-        if total == 0:
-            continue
-        idx = np.repeat(start - (np.cumsum(length) - length), length)
-        idx += np.arange(total)
-        m = np.minimum(np.repeat(vals[p0:p1], length), c_vals[idx]).astype(np.float64)
-        key = np.repeat((rows[p0:p1] - s) * n, length)
-        key += c_rows[idx]
-        np.add.at(acc, key, m)
-        probe = key[np.repeat(heavy[p0:p1], length)]
-        got = acc[probe]
-        acc[key] = 0.0
-        probe, first = np.unique(probe[got >= m_min], return_index=True)
-        d = _jaccard_from_overlap(got[got >= m_min][first])
-        keep = d <= np.float32(max_distance) + np.float32(1e-6)
-        out_i.append(probe[keep] // n + s)
-        out_j.append(probe[keep] % n)
-        out_d.append(d[keep])
-    i = np.concatenate(out_i) if out_i else np.zeros(0, dtype=np.int64)
-    j = np.concatenate(out_j) if out_j else np.zeros(0, dtype=np.int64)
-    d = np.concatenate(out_d) if out_d else np.zeros(0, dtype=np.float32)
-    diag = _jaccard_from_overlap(np.bincount(rows, weights=vals.astype(np.float64), minlength=n))
-    ar = np.arange(n, dtype=np.int64)
-    graph = sp.csr_matrix(
-        (np.concatenate([d, d, diag]), (np.concatenate([i, j, ar]), np.concatenate([j, i, ar]))),
-        shape=(n, n),
-        dtype=np.float32,
-    )
-    graph.sort_indices()
-    return graph
 
 
 def k_reciprocal_jaccard(

@@ -27,6 +27,8 @@ __all__ = [
     "TextImageTrainSet",
     "GalleryImageSet",
     "QueryCaptionSet",
+    "collate",
+    "build_batch_loader",
     "build_t2i_train_loader",
     "build_t2i_test_loaders",
     "ChainedLoader",
@@ -153,7 +155,9 @@ def collate(batch: List[Dict[str, Any]]) -> Dict[str, Any]:
     return out
 
 
-def _loader(dataset: Dataset, batch_sampler: Any, cfg: CfgNode) -> DataLoader:
+def build_batch_loader(cfg: CfgNode, dataset: Dataset, batch_sampler: Any) -> DataLoader:
+    """A DataLoader over ``dataset`` driven by ``batch_sampler``, with :func:`collate` and
+    ``DATALOADER.NUM_WORKERS`` workers (forked on Linux). Every loader of this package uses it."""
     workers = cfg.DATALOADER.NUM_WORKERS
     # Processes started by ``launch`` (mp.spawn) default to "spawn" for their loader workers,
     # which re-import torch in every worker; fork them instead where the platform allows it.
@@ -180,7 +184,7 @@ def build_t2i_train_loader(
             rank=comm.get_rank(),
             world_size=comm.get_world_size(),
         )
-    return _loader(train_set, sampler, cfg)
+    return build_batch_loader(cfg, train_set, sampler)
 
 
 class ChainedLoader:
@@ -207,7 +211,7 @@ def build_t2i_test_loaders(cfg: CfgNode, split: Any) -> ChainedLoader:
     )
     return ChainedLoader(
         [
-            _loader(gallery, InferenceBatchSampler(len(gallery), bs, rank, world), cfg),
-            _loader(queries, InferenceBatchSampler(len(queries), bs, rank, world), cfg),
+            build_batch_loader(cfg, gallery, InferenceBatchSampler(len(gallery), bs, rank, world)),
+            build_batch_loader(cfg, queries, InferenceBatchSampler(len(queries), bs, rank, world)),
         ]
     )

@@ -16,11 +16,18 @@ from tabulate import tabulate
 from ..data.vi.base import VIEvaluationPlan
 from ..data.vi.loaders import build_vi_test_loader, load_vi_dataset
 from ..registry import EVALUATOR_REGISTRY
-from .vi_metrics import average_trials, metrics_from_similarity, similarity
+from .vi_metrics import metrics_from_similarity, similarity
+from .vi_reference import average_trials
 
 __all__ = ["VIReIDEvaluator", "evaluate_plan"]
 
 logger = logging.getLogger(__name__)
+
+
+def _sync(device: torch.device) -> None:
+    """Wait for queued GPU work (so that stage timings are honest on CUDA)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def evaluate_plan(
@@ -33,8 +40,9 @@ def evaluate_plan(
     """Metrics (%) of every task of ``plan`` from the features of its images ``[N, D]``.
 
     Each task's query features are compared once with its gallery, or with the union of its
-    trial galleries (every trial then ranks its own columns). Returns ``{task name: {"R1", ..., "mAP", "mINP"}}``.
-    ``timings``, when given, receives the seconds spent in ``"similarity"`` and ``"metrics"``.
+    trial galleries (every trial then ranks its own columns); the work runs on ``feats``'
+    device. Returns ``{task name: {"R1", ..., "mAP", "mINP"}}``. ``timings``, when given,
+    receives the seconds spent in ``"similarity"`` and ``"metrics"``.
     """
     timings = {} if timings is None else timings
     timings.setdefault("similarity", 0.0)
@@ -47,6 +55,7 @@ def evaluate_plan(
     for task in plan.tasks:
         q = torch.as_tensor(task.query)
         galleries = [torch.as_tensor(g) for g in task.galleries]
+        _sync(feats.device)
         start_time = time.perf_counter()
         if len(galleries) == 1:
             sims = [similarity(feats[q], feats[galleries[0]])]
@@ -56,6 +65,7 @@ def evaluate_plan(
             union, inverse = torch.unique(torch.cat(galleries), return_inverse=True)
             sim_t = similarity(feats[union], feats[q])
             sims = [sim_t[cols] for cols in inverse.split([len(g) for g in galleries])]
+        _sync(feats.device)
         timings["similarity"] += time.perf_counter() - start_time
         start_time = time.perf_counter()
         trials = [
@@ -108,7 +118,8 @@ class VIReIDEvaluator(DatasetEvaluator):
 
     @classmethod
     def build(cls, cfg: CfgNode, dataset_name: str, output_dir: Optional[str] = None):
-        """fast-reid's ``build_evaluator`` contract: ``(data_loader, evaluator)``."""
+        """fast-reid's ``build_evaluator`` contract: ``(data_loader, evaluator)``. Building the
+        dataset lists its test folders only (SYSU-MM01 lists its training tree on first use)."""
         dataset = load_vi_dataset(dataset_name, cfg, "DATASETS.TESTS")
         vi = cfg.TEST.VI
         tasks = vi.SYSU_SETTINGS if dataset.protocol == "sysu" else vi.REGDB_DIRECTIONS

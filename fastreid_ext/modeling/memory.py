@@ -42,7 +42,15 @@ class PrototypicalMemory(nn.Module):
     * :meth:`update` applies, for every sample ``x`` with label ``y >= 0`` in batch order,
       ``M_y <- momentum * M_y + (1 - momentum) * x / |x|`` then ``M_y <- M_y / |M_y|``
       (cluster-contrast's ``CM.backward``). It is vectorised over distinct labels: the r-th
-      occurrence of every label is applied in round r, which equals the sequential loop.
+      occurrence of every label is applied in round r, which equals the sequential loop. The
+      number of rounds is the largest multiplicity of a label in the (gathered) batch: typically
+      a few (batch 64 over hundreds of clusters), at worst the batch size when every sample has
+      the same label (e.g. one giant early cluster): then B rounds of ``[1, D]`` operations
+      (one CPU thread, D = 512: 1.8 ms for B = 64, 13 ms for B = 512, against 0.3 ms for 64
+      samples over 300 clusters). The renormalisation makes the recurrence non-linear, so
+      rounds cannot be merged. With ``hard=True`` (cluster-contrast's
+      ``CM_Hard``) every label present is updated once, with its sample least similar to the
+      current centroid (ties: first in batch order): a single round.
       With ``gather=True`` the (features, labels) of all ranks are gathered first, in rank order,
       so every rank applies the same update and the memories stay identical.
     * :meth:`logits` gives ``normalize(x) @ M^T / tau``; the memory receives no gradient.
@@ -72,8 +80,11 @@ class PrototypicalMemory(nn.Module):
         self.features = F.normalize(centroids.float(), dim=1).to(self.features.device).clone()
 
     @torch.no_grad()
-    def update(self, features: torch.Tensor, labels: torch.Tensor, gather: bool = True) -> None:
-        """Momentum update with a batch ``features`` ``[B, D]``, ``labels`` ``[B]`` (-1 skipped)."""
+    def update(
+        self, features: torch.Tensor, labels: torch.Tensor, gather: bool = True, hard: bool = False
+    ) -> None:
+        """Momentum update with a batch ``features`` ``[B, D]``, ``labels`` ``[B]`` (-1 skipped);
+        ``hard``: one update per label with its least similar sample (see the class docstring)."""
         if features.dim() != 2 or labels.shape != (features.shape[0],):
             raise ValueError(
                 f"PrototypicalMemory.update: features [B, D] and labels [B] expected, got "
@@ -95,6 +106,19 @@ class PrototypicalMemory(nn.Module):
                 f"PrototypicalMemory.update: label {int(labels.max())} but only "
                 f"{self.num_clusters} clusters"
             )
+        mu = self.momentum
+        if hard:
+            sims = (feats * self.features[labels]).sum(1)
+            k, b = self.num_clusters, len(labels)
+            lowest = sims.new_full((k,), float("inf")).scatter_reduce(0, labels, sims, "amin")
+            at_min = sims == lowest[labels]
+            pos = torch.arange(b, device=device)
+            pick = torch.full((k,), b, device=device, dtype=torch.long)
+            pick = pick.scatter_reduce(0, labels[at_min], pos[at_min], "amin")
+            ys = torch.nonzero(pick < b).view(-1)
+            mixed = mu * self.features[ys] + (1.0 - mu) * feats[pick[ys]]
+            self.features[ys] = F.normalize(mixed, dim=1)
+            return
         # occurrence rank of each sample among the samples of its label, in batch order
         order = torch.sort(labels, stable=True).indices
         sorted_labels = labels[order]
@@ -104,7 +128,6 @@ class PrototypicalMemory(nn.Module):
         group_start = torch.cummax(torch.where(first, pos, torch.zeros_like(pos)), 0).values
         rank = torch.empty_like(pos)
         rank[order] = pos - group_start
-        mu = self.momentum
         for r in range(int(rank.max()) + 1):
             sel = rank == r
             ys = labels[sel]

@@ -36,7 +36,7 @@ def add_vi_config(cfg: CN) -> None:
     _C.INPUT.VI.ERASING_AREA = (0.02, 0.4)
     _C.INPUT.VI.ERASING_MIN_ASPECT = 0.3
     _C.INPUT.VI.ERASING_VALUE = (0.4914, 0.4822, 0.4465)
-    # ChannelExchange: draw idx in 0..GRAY; 0-2 copy that channel to all, 3 = luminance gray.
+    # ChannelExchange: draw idx in 0..GRAY; 0-2 copy that channel to all, >= 3 = luminance gray.
     _C.INPUT.VI.EXCHANGE_GRAY = 2
     # ChannelAdapGray: in its 4th branch, probability of the luminance gray image.
     _C.INPUT.VI.ADAP_GRAY_PROB = 0.5
@@ -49,6 +49,14 @@ def add_vi_config(cfg: CN) -> None:
     _C.TEST.VI.REGDB_DIRECTIONS = ["v2i"]
     # Gallery trials of SYSU (seeds 0..TRIALS-1), metrics averaged over them.
     _C.TEST.VI.TRIALS = 10
+    # SYSU multi-shot galleries (10 images per identity/camera folder, numpy choice without
+    # replacement). "sequential" (the authors': CSDN seeds numpy with its --seed before building
+    # the loaders, so one RandomState(MULTI_SHOT_SEED) per setting is consumed by trials 0, 1, ..
+    # in order) or "per_trial" (RandomState(trial) for each trial, independent of the others).
+    # Single-shot galleries always use AGW's random.seed(trial).
+    _C.TEST.VI.MULTI_SHOT_SEEDING = "sequential"
+    # Seed of the "sequential" multi-shot draw (the authors' --seed default: 1).
+    _C.TEST.VI.MULTI_SHOT_SEED = 1
     # CMC is reported up to this rank (AGW: 20; cut to the gallery size).
     _C.TEST.VI.MAX_RANK = 20
     # Queries per chunk of the ranking computation (memory about CHUNK_SIZE x gallery x 25 bytes).

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 from typing import Any, Callable, Dict, Optional, Sequence
 
 import torch
@@ -13,7 +12,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from ...registry import lookup
 from ..samplers import InferenceBatchSampler
-from ..text_image import ChainedLoader, collate, dataset_root, read_image
+from ..text_image import ChainedLoader, build_batch_loader, dataset_root, read_image
 from .base import INFRARED, VISIBLE, VIEvaluationPlan, VIImage
 from .sampler import CrossModalIdentitySampler
 from .transforms import build_vi_transforms
@@ -117,16 +116,7 @@ class VITestImageSet(Dataset):
 
 def build_vi_loader(cfg: CfgNode, dataset: Dataset, batch_sampler: Any) -> DataLoader:
     """A DataLoader with ``collate`` and ``DATALOADER.NUM_WORKERS`` forked workers."""
-    workers = cfg.DATALOADER.NUM_WORKERS
-    context = "fork" if workers > 0 and sys.platform.startswith("linux") else None
-    return DataLoader(
-        dataset,
-        batch_sampler=batch_sampler,
-        num_workers=workers,
-        collate_fn=collate,
-        pin_memory=torch.cuda.is_available() and cfg.MODEL.DEVICE != "cpu",
-        multiprocessing_context=context,
-    )
+    return build_batch_loader(cfg, dataset, batch_sampler)
 
 
 def build_vi_train_set(cfg: CfgNode, is_train: bool = True) -> CrossModalPairSet:

@@ -6,7 +6,7 @@ import logging
 import os
 import random
 import re
-from typing import Dict, List, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 from fastreid.config import CfgNode
@@ -24,7 +24,7 @@ from .base import (
     list_images,
 )
 
-__all__ = ["SYSUMM01CrossModal", "read_id_file", "parse_sysu_setting"]
+__all__ = ["SYSUMM01CrossModal", "read_id_file", "parse_sysu_setting", "MULTI_SHOT_SEEDINGS"]
 
 logger = logging.getLogger(__name__)
 
@@ -33,6 +33,8 @@ INFRARED_CAMERAS = (3, 6)
 GALLERY_CAMERAS = {"all": (1, 2, 4, 5), "indoor": (1, 2)}
 #: Images drawn per (identity, camera) folder in multi-shot galleries.
 MULTI_SHOT_IMAGES = 10
+#: ``TEST.VI.MULTI_SHOT_SEEDING`` values (see :class:`SYSUMM01CrossModal`).
+MULTI_SHOT_SEEDINGS = ("sequential", "per_trial")
 
 
 def read_id_file(path: str) -> List[int]:
@@ -74,21 +76,39 @@ class SYSUMM01CrossModal:
       identities lacking one modality cannot form cross-modal pairs and are dropped (logged).
     * Query (:meth:`query`): every infrared image of the test identities (3,803), the same for
       all-search and indoor-search; order: identity ascending, camera 3 then 6, file name.
-    * Gallery (:meth:`gallery`): visible images of the test identities from cameras 1, 2, 4, 5
-      (all-search) or 1, 2 (indoor-search). Single-shot: ``random.seed(trial)`` then one
-      ``random.choice`` per existing (identity, camera) folder in (identity, camera) order -- the
-      AGW draw, reproduced exactly (301 images for all-search). Multi-shot: 10 images per folder
-      without replacement from ``np.random.RandomState(trial)`` (the authors draw from the
-      unseeded global numpy state; folders with fewer than 10 images give all of them).
+    * Gallery (:meth:`gallery`, :meth:`galleries`): visible images of the test identities from
+      cameras 1, 2, 4, 5 (all-search) or 1, 2 (indoor-search), folders in (identity, camera)
+      order. Single-shot: ``random.seed(trial)`` then one ``random.choice`` per existing folder
+      -- the AGW draw, reproduced exactly (301 images for all-search). Multi-shot: 10 images per
+      folder, ``RandomState.choice(len(files), 10, replace=False)`` (the same indices as numpy's
+      ``choice(files, 10, replace=False)`` of the authors). ``multi_shot_seeding="sequential"``
+      (the authors': their ``seed_torch`` runs ``np.random.seed(seed)`` before the loaders are
+      built, and the 10 trials draw one after another from that state) uses one
+      ``RandomState(multi_shot_seed)`` for trials 0, 1, ... in order, so trial t depends on the
+      draws of trials < t; ``"per_trial"`` uses ``RandomState(trial)``. Folders with fewer than
+      10 images give all of them (the authors' code fails on them).
 
+    The training lists are read on first use (evaluation never lists the training tree).
     Identity folders list files with an image extension (jpg, jpeg, png, bmp), sorted by name.
     """
 
     dataset_folder = "SYSU-MM01"
     protocol = "sysu"
 
-    def __init__(self, root: str = "datasets", **kwargs) -> None:
+    def __init__(
+        self,
+        root: str = "datasets",
+        multi_shot_seeding: str = "sequential",
+        multi_shot_seed: int = 1,
+        **kwargs,
+    ) -> None:
+        if multi_shot_seeding not in MULTI_SHOT_SEEDINGS:
+            raise KeyError(
+                f"TEST.VI.MULTI_SHOT_SEEDING must be one of {MULTI_SHOT_SEEDINGS}, got "
+                f"'{multi_shot_seeding}'"
+            )
         self.root = root
+        self.multi_shot_seeding, self.multi_shot_seed = multi_shot_seeding, int(multi_shot_seed)
         self.dataset_dir = os.path.join(root, self.dataset_folder)
         if not os.path.isdir(self.dataset_dir):
             raise VIDatasetError(
@@ -98,9 +118,9 @@ class SYSUMM01CrossModal:
         exp = os.path.join(self.dataset_dir, "exp")
         train_ids = read_id_file(os.path.join(exp, "train_id.txt"))
         val_ids = read_id_file(os.path.join(exp, "val_id.txt"))
+        self.train_ids = sorted(train_ids + val_ids)
         self.test_ids = sorted(set(read_id_file(os.path.join(exp, "test_id.txt"))))
-        self.train_visible, self.train_infrared = self._load_train(sorted(train_ids + val_ids))
-        self.num_train_pids = len({x.label for x in self.train_infrared})
+        self._train: Optional[Tuple[List[VIImage], List[VIImage], int]] = None
         self._test_files: Dict[Tuple[int, int], List[str]] = {
             (pid, cam): list_images(self._folder(cam, pid))
             for pid in self.test_ids
@@ -113,8 +133,29 @@ class SYSUMM01CrossModal:
 
     @classmethod
     def from_config(cls, cfg: CfgNode, root: str) -> SYSUMM01CrossModal:
-        """Build from a config (SYSU has no config-dependent split)."""
-        return cls(root=root)
+        """Build from a config (``TEST.VI.MULTI_SHOT_SEEDING`` / ``MULTI_SHOT_SEED``)."""
+        return cls(root, cfg.TEST.VI.MULTI_SHOT_SEEDING, cfg.TEST.VI.MULTI_SHOT_SEED)
+
+    def _training(self) -> Tuple[List[VIImage], List[VIImage], int]:
+        if self._train is None:
+            visible, infrared = self._load_train(self.train_ids)
+            self._train = (visible, infrared, len({x.label for x in infrared}))
+        return self._train
+
+    @property
+    def train_visible(self) -> List[VIImage]:
+        """Visible training images (listed on first use)."""
+        return self._training()[0]
+
+    @property
+    def train_infrared(self) -> List[VIImage]:
+        """Infrared training images (listed on first use)."""
+        return self._training()[1]
+
+    @property
+    def num_train_pids(self) -> int:
+        """Training identities (labels ``0..num_train_pids-1``)."""
+        return self._training()[2]
 
     def _folder(self, cam: int, pid: int) -> str:
         return os.path.join(self.dataset_dir, f"cam{cam}", f"{pid:04d}")
@@ -162,14 +203,8 @@ class SYSUMM01CrossModal:
             for p in self._test_files[(pid, cam)]
         ]
 
-    def gallery(self, trial: int, mode: str = "all", shot: str = "single") -> List[VIImage]:
-        """Visible gallery of one trial (seed ``trial``); see the class docstring."""
-        if mode not in GALLERY_CAMERAS:
-            raise KeyError(f"SYSU gallery mode must be one of {sorted(GALLERY_CAMERAS)}: {mode}")
-        if shot not in ("single", "multi"):
-            raise KeyError(f"SYSU gallery shot must be 'single' or 'multi': {shot}")
+    def _draw(self, trial: int, mode: str, shot: str, np_rng: np.random.RandomState):
         py_rng = random.Random(trial)
-        np_rng = np.random.RandomState(trial)
         out: List[VIImage] = []
         for pid in self.test_ids:
             for cam in GALLERY_CAMERAS[mode]:
@@ -184,9 +219,31 @@ class SYSUMM01CrossModal:
                 out.extend(VIImage(p, pid, cam, VISIBLE) for p in chosen)
         return out
 
+    def galleries(
+        self, num_trials: int, mode: str = "all", shot: str = "single"
+    ) -> List[List[VIImage]]:
+        """Visible galleries of trials ``0..num_trials-1``; see the class docstring."""
+        if mode not in GALLERY_CAMERAS:
+            raise KeyError(f"SYSU gallery mode must be one of {sorted(GALLERY_CAMERAS)}: {mode}")
+        if shot not in ("single", "multi"):
+            raise KeyError(f"SYSU gallery shot must be 'single' or 'multi': {shot}")
+        sequential = shot == "multi" and self.multi_shot_seeding == "sequential"
+        shared = np.random.RandomState(self.multi_shot_seed) if sequential else None
+        return [
+            self._draw(t, mode, shot, shared if sequential else np.random.RandomState(t))
+            for t in range(num_trials)
+        ]
+
+    def gallery(self, trial: int, mode: str = "all", shot: str = "single") -> List[VIImage]:
+        """Visible gallery of trial ``trial`` (sequential multi-shot replays trials < trial)."""
+        if trial < 0:
+            raise ValueError(f"SYSU gallery trial must be >= 0, got {trial}")
+        return self.galleries(trial + 1, mode, shot)[trial]
+
     def evaluation_plan(self, settings: Sequence[str], num_trials: int) -> VIEvaluationPlan:
         """Query images once, the union of every trial's gallery once, and one task per setting
-        (e.g. ``["all-single", "indoor-single"]``) with ``num_trials`` galleries (seeds 0..)."""
+        (e.g. ``["all-single", "indoor-single"]``) with the galleries of trials
+        ``0..num_trials-1``."""
         if num_trials < 1:
             raise ValueError(f"TEST.VI.TRIALS must be >= 1, got {num_trials}")
         query = self.query()
@@ -196,9 +253,9 @@ class SYSUMM01CrossModal:
         for setting in settings:
             mode, shot = parse_sysu_setting(setting)
             galleries = []
-            for trial in range(num_trials):
+            for drawn in self.galleries(num_trials, mode, shot):
                 idx = []
-                for x in self.gallery(trial, mode, shot):
+                for x in drawn:
                     key = (x.img_path, x.modality)
                     if key not in index:
                         index[key] = len(images)

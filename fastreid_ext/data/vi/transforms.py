@@ -139,15 +139,18 @@ class ChannelRandomErasing(_NormalisedSpaceOp):
 @TRANSFORM_REGISTRY.register()
 class ChannelExchange(_NormalisedSpaceOp):
     """CAJ's channel exchange: idx ~ U{0..gray}; idx 0-2 copies that channel into all three,
-    idx 3 (reachable when gray >= 3) gives the luminance gray image."""
+    any idx >= 3 (reachable when gray >= 3) gives the luminance gray image, so a larger ``gray``
+    makes gray images more likely (as CAJ, which accepts any ``gray >= 0``)."""
 
     def __init__(
         self, gray: int = 2, mean: Sequence[float] = (0.0,) * 3, std: Sequence[float] = (1.0,) * 3
     ) -> None:
         super().__init__(mean, std)
-        if not 0 <= gray <= 3:
-            raise ValueError(f"ChannelExchange: gray must be in 0..3, got {gray}")
-        self.gray = gray
+        if int(gray) != gray or gray < 0:
+            raise ValueError(
+                f"ChannelExchange: gray (INPUT.VI.EXCHANGE_GRAY) must be an integer >= 0, got {gray}"
+            )
+        self.gray = int(gray)
 
     @classmethod
     def from_config(cls, cfg: CfgNode) -> ChannelExchange:

@@ -39,11 +39,15 @@ def add_cpcl_config(cfg: CN) -> None:
     _C.CPCL.PCM.WEIGHT = 1.0
 
     _C.CPCL.ICPM = CN()
-    # Positives of pair i besides itself [design choice]: "image" (same image pseudo label),
-    # "text" (same text pseudo label), "either" (any of the two) or "instance" (i == j only).
+    # Positives of pair i besides itself and the other captions of its image (pairing
+    # information, always positives) [design choice]: "image" (same image pseudo label), "text"
+    # (same text pseudo label), "either" (any of the two) or "instance" (no pseudo-label
+    # positives).
     _C.CPCL.ICPM.POSITIVES = "image"
-    # tau > 0: logits cos(v_i, t_j) / tau (IRRA-style, tau_inst = 0.02); tau == 0: CMPM's
-    # projection of the unnormalised image feature on the normalised text feature.
+    # tau > 0: logits cos(v_i, t_j) / tau, i.e. IRRA's SDM with pseudo-label positives (the
+    # "equivalent alternative" of text-reid.md §2.3, as ICPG's CDM / CLPC's NDM; tau_inst 0.02);
+    # tau == 0: CMPM proper, the projection of the unnormalised image feature on the normalised
+    # text feature (configs/CPCL/ablations/icpm_cmpm.yml).
     _C.CPCL.ICPM.TAU = 0.02
     # Epsilon inside log(q + eps) of the matching distribution.
     _C.CPCL.ICPM.EPS = 1e-8
@@ -55,6 +59,11 @@ def add_cpcl_config(cfg: CN) -> None:
     # Momentum-update the memories after every step; False keeps the epoch's initial centroids
     # (the "without memory update" ablation).
     _C.CPCL.PMM.UPDATE = True
+    # Update rule [design choice, text-reid.md §2.3]: "standard" (every labelled sample of the
+    # memory's modality, in batch order), "multi_modal" (also the paired other-modality feature
+    # of each pair, under the memory's label) or "hard" (once per cluster in the batch, with its
+    # sample least similar to the centroid: cluster-contrast's CM_Hard).
+    _C.CPCL.PMM.MODE = "standard"
 
     _C.CPCL.CLUSTER = CN()
     # k-reciprocal Jaccard distance parameters (cluster-contrast defaults).
@@ -75,7 +84,8 @@ def add_cpcl_config(cfg: CN) -> None:
     _C.CPCL.CLUSTER.DEDUP_IMAGES = True
     # kNN search: "auto" (torch on CUDA, else faiss on CPU), "faiss" or "torch".
     _C.CPCL.CLUSTER.KNN_BACKEND = "auto"
-    # Batch size of the per-epoch feature extraction (0: TEST.IMS_PER_BATCH).
+    # Per-rank batch size of the per-epoch feature extraction; 0 falls back to
+    # TEST.IMS_PER_BATCH // world size (TEST.IMS_PER_BATCH is global, this key is not).
     _C.CPCL.CLUSTER.BATCH_SIZE = 0
 
     _C.CPCL.OPLM = CN()

@@ -6,7 +6,7 @@ import json
 import logging
 import os
 import time
-from typing import Any, Dict, Optional
+from typing import Any, Callable, Dict, Optional
 
 import numpy as np
 import torch
@@ -14,20 +14,45 @@ from fastreid.config import CfgNode
 from fastreid.engine.train_loop import HookBase
 from fastreid.utils import comm
 
+from fastreid_ext.clustering.oplm import OPLM_MODES
 from fastreid_ext.engine.feature_extraction import extract_pair_features
 from fastreid_ext.modeling.memory import PrototypicalMemory
 from fastreid_ext.registry import HOOK_REGISTRY
 
 from .data import CPCLTrainSet
+from .pmm import PMM_MODES, update_memories
 from .pseudo_labels import TRAIN_SET_MODES, compute_pseudo_labels, select_training_pairs
 
-__all__ = ["CPCLPseudoLabelHook"]
+__all__ = ["CPCLPseudoLabelHook", "run_on_main_and_share"]
 
 logger = logging.getLogger("fastreid_ext.cpcl")
 
 
 def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
     return model.module if hasattr(model, "module") else model
+
+
+def run_on_main_and_share(fn: Callable[[], Any], what: str) -> Any:
+    """``fn()`` on the main process; its (picklable) result is returned on every rank.
+
+    If ``fn`` raises on the main process, the error is shared as well and raised on **every**
+    rank (the main process re-raises the original exception, the others a ``RuntimeError``
+    naming ``what`` and the message), so no rank is left waiting in a collective.
+    """
+    payload, error = None, None
+    if comm.is_main_process():
+        try:
+            payload = ("ok", fn())
+        except Exception as exc:  # re-raised below, on every rank
+            error = exc
+            payload = ("error", f"{type(exc).__name__}: {exc}")
+    if comm.get_world_size() > 1:
+        payload = comm.all_gather(payload)[0]
+    if error is not None:
+        raise error
+    if payload[0] == "error":
+        raise RuntimeError(f"{what} failed on the main process: {payload[1]}")
+    return payload[1]
 
 
 @HOOK_REGISTRY.register()
@@ -53,6 +78,10 @@ class CPCLPseudoLabelHook(HookBase):
             raise ValueError(
                 f"CPCL.TRAIN_SET must be one of {TRAIN_SET_MODES}, got {c.TRAIN_SET!r}"
             )
+        if c.OPLM.MODE not in OPLM_MODES:
+            raise ValueError(f"CPCL.OPLM.MODE must be one of {OPLM_MODES}, got {c.OPLM.MODE!r}")
+        if c.PMM.MODE not in PMM_MODES:
+            raise ValueError(f"CPCL.PMM.MODE must be one of {PMM_MODES}, got {c.PMM.MODE!r}")
         if c.CLUSTER.PERIOD < 1:
             raise ValueError(f"CPCL.CLUSTER.PERIOD must be >= 1, got {c.CLUSTER.PERIOD}")
         base = trainer.train_set
@@ -80,6 +109,9 @@ class CPCLPseudoLabelHook(HookBase):
 
     # ------------------------------------------------------------------ epoch start
     def before_epoch(self) -> None:
+        """Pseudo labels ``[N]`` per modality (re-clustered or carried over), memories
+        ``[K_v, D]`` / ``[K_t, D]`` and the epoch's training set (a :class:`CPCLTrainSet` over
+        the selected pair indices; ``trainer.iters_per_epoch`` follows its length)."""
         t = self.trainer
         model = _unwrap(t.model)
         c = self.cfg.CPCL.CLUSTER
@@ -131,18 +163,23 @@ class CPCLPseudoLabelHook(HookBase):
         image_feats, text_feats = extract_pair_features(
             model, self.base.pairs, self.cfg, self.cfg.CPCL.CLUSTER.BATCH_SIZE
         )
-        payload = None
-        if comm.is_main_process():
+
+        def label_and_diagnose():
             result = compute_pseudo_labels(image_feats, text_feats, self.image_ids, self.cfg)
-            payload = (
+            stats = dict(result.stats)
+            if self.diagnostics is not None:
+                stats.update(self.diagnostics.evaluate(result.image_labels, result.text_labels))
+            return (
                 result.image_labels,
                 result.text_labels,
                 result.image_centroids,
                 result.text_centroids,
-                result.stats,
+                stats,
             )
-        if comm.get_world_size() > 1:
-            payload = comm.all_gather(payload)[0]
+
+        payload = run_on_main_and_share(
+            label_and_diagnose, f"CPCL pseudo labelling at epoch {epoch}"
+        )
         image_labels, text_labels, image_centroids, text_centroids, stats = payload
         self.image_labels, self.text_labels = image_labels, text_labels
         self.labels_epoch = epoch
@@ -150,8 +187,6 @@ class CPCLPseudoLabelHook(HookBase):
         self.text_memory.reset(text_centroids)
         if comm.is_main_process():
             record: Dict[str, Any] = {"epoch": epoch, **stats}
-            if self.diagnostics is not None:
-                record.update(self.diagnostics.evaluate(image_labels, text_labels))
             record["time_total"] = time.perf_counter() - start
             self._log(record)
 
@@ -165,8 +200,9 @@ class CPCLPseudoLabelHook(HookBase):
         quality = ""
         if "image_nmi" in record:
             quality = (
-                f"; diagnostic NMI image {record['image_nmi']:.4f} text {record['text_nmi']:.4f}, "
-                f"ARI image {record['image_ari']:.4f} text {record['text_ari']:.4f}"
+                f"; diagnostic NMI (outliers as one class) image {record['image_nmi']:.4f} "
+                f"text {record['text_nmi']:.4f}, ARI image {record['image_ari']:.4f} "
+                f"text {record['text_ari']:.4f}"
             )
         logger.info(
             "CPCL pseudo labels at epoch %d: %s%s (%.1f s)",
@@ -187,13 +223,23 @@ class CPCLPseudoLabelHook(HookBase):
 
     # ------------------------------------------------------------------ steps
     def after_step(self) -> None:
+        """Momentum-update both memories (``CPCL.PMM.MODE``) with the step's detached features
+        ``[B, D]`` and pseudo labels ``[B]`` of every rank, gathered in one ``all_gather``."""
         model = _unwrap(self.trainer.model)
         step = model.pop_step_features()
         c = self.cfg.CPCL
         if step is None or not c.PMM.UPDATE or "PCM" not in c.LOSSES:
             return
-        self.image_memory.update(step.image_feats, step.image_labels, gather=True)
-        self.text_memory.update(step.text_feats, step.text_labels, gather=True)
+        update_memories(
+            self.image_memory,
+            self.text_memory,
+            step.image_feats,
+            step.text_feats,
+            step.image_labels,
+            step.text_labels,
+            c.PMM.MODE,
+            gather=True,
+        )
 
     # ------------------------------------------------------------------ checkpointing
     def state_dict(self) -> Dict[str, Any]:

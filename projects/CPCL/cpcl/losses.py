@@ -5,7 +5,7 @@ Formulas follow text-reid.md §2.3 [design choice: no public source].
 
 from __future__ import annotations
 
-from typing import Dict
+from typing import Dict, Optional
 
 import torch
 import torch.nn.functional as F
@@ -68,10 +68,18 @@ def pcm_loss(
 
 
 def icpm_positives(
-    image_labels: torch.Tensor, text_labels: torch.Tensor, mode: str = "image"
+    image_labels: torch.Tensor,
+    text_labels: torch.Tensor,
+    mode: str = "image",
+    image_ids: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
-    """``[B, B]`` bool matrix: ``y_ij = 1`` if ``i == j`` or the chosen pseudo labels agree
-    (both ``!= -1``); ``mode`` is one of :data:`ICPM_POSITIVES`."""
+    """``[B, B]`` bool matrix of ICPM positives.
+
+    ``y_ij = 1`` if ``i == j``, if pairs i and j show the same image (``image_ids`` ``[B]``:
+    captions of one image are pairing information, not an identity label, so they are always
+    positives of each other), or if the pseudo labels chosen by ``mode`` (one of
+    :data:`ICPM_POSITIVES`) agree and are ``!= -1``. ``image_labels``, ``text_labels``: ``[B]``.
+    """
     if mode not in ICPM_POSITIVES:
         raise ValueError(f"CPCL.ICPM.POSITIVES must be one of {ICPM_POSITIVES}, got {mode!r}")
     b = image_labels.shape[0]
@@ -80,6 +88,13 @@ def icpm_positives(
     def same(y: torch.Tensor) -> torch.Tensor:
         return (y.view(-1, 1) == y.view(1, -1)) & (y.view(-1, 1) >= 0)
 
+    if image_ids is not None:
+        if image_ids.shape != (b,):
+            raise ValueError(
+                f"icpm_positives: image_ids must be [{b}], got {tuple(image_ids.shape)}"
+            )
+        ids = image_ids.to(pos.device)
+        pos |= ids.view(-1, 1) == ids.view(1, -1)
     if mode in ("image", "either"):
         pos |= same(image_labels)
     if mode in ("text", "either"):
@@ -136,23 +151,32 @@ def hcm_losses(
     image_memory: torch.Tensor,
     text_memory: torch.Tensor,
     cfg_cpcl,
+    image_ids: Optional[torch.Tensor] = None,
 ) -> Dict[str, torch.Tensor]:
-    """The weighted HCM losses selected by ``cfg.CPCL`` (``loss_pcm``, ``loss_icpm``)."""
+    """The weighted HCM losses selected by ``cfg.CPCL`` (``loss_pcm``, ``loss_icpm``), float32.
+
+    Args:
+        image_feats, text_feats: ``[B, D]`` global features (any float dtype, e.g. bf16 from an
+            autocast forward).
+        image_labels, text_labels: ``[B]`` pseudo labels (``-1`` = outlier).
+        image_memory, text_memory: ``[K_v, D]`` / ``[K_t, D]`` prototypes.
+        image_ids: ``[B]`` image id of each pair (ICPM positives), or None.
+
+    Autocast is disabled here and every input is cast to float32, so the losses are computed in
+    float32 even inside a bf16/fp16 ``torch.autocast`` region (``.float()`` alone does not
+    escape autocast: its matmuls would run in low precision again).
+    """
     out: Dict[str, torch.Tensor] = {}
-    if "PCM" in cfg_cpcl.LOSSES:
-        out["loss_pcm"] = cfg_cpcl.PCM.WEIGHT * pcm_loss(
-            image_feats,
-            text_feats,
-            image_labels,
-            text_labels,
-            image_memory,
-            text_memory,
-            cfg_cpcl.PCM.TAU,
-            cfg_cpcl.PCM.MODE,
-        )
-    if "ICPM" in cfg_cpcl.LOSSES:
-        pos = icpm_positives(image_labels, text_labels, cfg_cpcl.ICPM.POSITIVES)
-        out["loss_icpm"] = cfg_cpcl.ICPM.WEIGHT * icpm_loss(
-            image_feats, text_feats, pos, cfg_cpcl.ICPM.TAU, cfg_cpcl.ICPM.EPS
-        )
+    with torch.autocast(device_type=image_feats.device.type, enabled=False):
+        v, t = image_feats.float(), text_feats.float()
+        mv, mt = image_memory.float(), text_memory.float()
+        if "PCM" in cfg_cpcl.LOSSES:
+            out["loss_pcm"] = cfg_cpcl.PCM.WEIGHT * pcm_loss(
+                v, t, image_labels, text_labels, mv, mt, cfg_cpcl.PCM.TAU, cfg_cpcl.PCM.MODE
+            )
+        if "ICPM" in cfg_cpcl.LOSSES:
+            pos = icpm_positives(image_labels, text_labels, cfg_cpcl.ICPM.POSITIVES, image_ids)
+            out["loss_icpm"] = cfg_cpcl.ICPM.WEIGHT * icpm_loss(
+                v, t, pos, cfg_cpcl.ICPM.TAU, cfg_cpcl.ICPM.EPS
+            )
     return out

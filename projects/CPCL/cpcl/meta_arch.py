@@ -78,6 +78,17 @@ class CPCLT2I(ClipTextImageBaseline):
         return step
 
     def losses(self, feats: Dict[str, Any], batch: Dict[str, Any]) -> Dict[str, torch.Tensor]:
+        """HCM losses (and the optional MLM) of one training batch.
+
+        Args:
+            feats: the baseline's encoder outputs; ``feats["image"].global_feat`` and
+                ``feats["text"].global_feat`` are ``[B, D]`` (``.tokens`` ``[B, T, D]`` for MLM).
+            batch: ``image_labels`` / ``text_labels`` ``[B]`` pseudo labels (``-1`` = outlier),
+                ``image_ids`` ``[B]`` (pairing information: captions of one image are ICPM
+                positives of each other), ``mlm_ids`` / ``mlm_labels`` ``[B, L]`` for MLM.
+        Returns:
+            ``{"loss_pcm", "loss_icpm", "loss_mlm"}`` (those enabled), float32 scalars.
+        """
         out: Dict[str, torch.Tensor] = {}
         if "MLM" in self.loss_names:  # label-free, as in the baseline
             if "mlm_ids" not in batch:
@@ -90,6 +101,9 @@ class CPCLT2I(ClipTextImageBaseline):
         v, t = feats["image"].global_feat, feats["text"].global_feat
         yv = batch["image_labels"].to(self.device)
         yt = batch["text_labels"].to(self.device)
+        if "image_ids" not in batch:
+            raise KeyError("CPCLT2I: the training batch has no 'image_ids' (use CPCLTrainSet)")
+        image_ids = torch.as_tensor(batch["image_ids"]).to(self.device)
         if "PCM" in self.cpcl_cfg.LOSSES:
             if self._memories is None:
                 raise RuntimeError(
@@ -99,6 +113,6 @@ class CPCLT2I(ClipTextImageBaseline):
             mv, mt = self._memories[0].features, self._memories[1].features
         else:
             mv = mt = v.new_zeros(0, v.shape[1])
-        out.update(hcm_losses(v, t, yv, yt, mv, mt, self.cpcl_cfg))
+        out.update(hcm_losses(v, t, yv, yt, mv, mt, self.cpcl_cfg, image_ids))
         self._step = StepFeatures(v.detach(), t.detach(), yv, yt)
         return out

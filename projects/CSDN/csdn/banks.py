@@ -1,10 +1,18 @@
-"""Feature and text banks of CSDN's phases, and a loader over in-memory tensors."""
+"""Feature and text banks of CSDN's phases, and a loader over in-memory tensors.
+
+Distributed runs: the image-bank pass is sharded (each rank forwards ``PHASE1.IMS_PER_BATCH /
+world`` pairs per step, so train-mode BatchNorm of the phase-2 quirk sees per-rank batch
+statistics, unlike the authors' single-GPU batch of 32) and gathered so every rank holds the
+whole bank; phases 1-2 then compute SupCon on each rank's share of the batch, without gathering
+the other ranks' features (the authors train on one GPU).
+"""
 
 from __future__ import annotations
 
 from contextlib import contextmanager
-from typing import Dict, Iterator, List, Tuple
+from typing import Dict, Iterator, List, Optional, Tuple
 
+import numpy as np
 import torch
 from fastreid.config import CfgNode
 from fastreid.utils import comm
@@ -15,17 +23,29 @@ from fastreid_ext.data.vi import build_vi_loader, build_vi_sampler, build_vi_tra
 from fastreid_ext.data.vi.base import INFRARED, VISIBLE
 from fastreid_ext.utils.progress import progress
 
-__all__ = ["TensorBank", "TensorBatchLoader", "extract_pair_bank", "extract_text_bank", "mode"]
+__all__ = [
+    "TensorBank",
+    "TensorBatchLoader",
+    "PairBankSampler",
+    "extract_pair_bank",
+    "extract_text_bank",
+    "image_bank_train_mode",
+    "mode",
+]
 
 
 class TensorBank:
-    """A training set held as equal-length tensors (``{"name": [M, ...]}``); batches index them."""
+    """A training set held as equal-length tensors (``{"name": [M, ...]}``); batches index them.
+    ``shared`` tensors (e.g. class texts ``[N, D]``) are passed whole with every batch."""
 
-    def __init__(self, tensors: Dict[str, torch.Tensor]) -> None:
+    def __init__(
+        self, tensors: Dict[str, torch.Tensor], shared: Optional[Dict[str, torch.Tensor]] = None
+    ) -> None:
         sizes = {k: v.shape[0] for k, v in tensors.items()}
         if len(set(sizes.values())) != 1:
             raise ValueError(f"TensorBank tensors must have the same length, got {sizes}")
         self.tensors = tensors
+        self.shared = dict(shared or {})
 
     def __len__(self) -> int:
         return next(iter(self.tensors.values())).shape[0]
@@ -43,7 +63,55 @@ class TensorBatchLoader:
     def __iter__(self) -> Iterator[Dict[str, torch.Tensor]]:
         for idx in self.batch_sampler:
             index = torch.as_tensor(idx, dtype=torch.long)
-            yield {k: v[index] for k, v in self.bank.tensors.items()}
+            batch = {k: v[index] for k, v in self.bank.tensors.items()}
+            batch.update(self.bank.shared)
+            yield batch
+
+
+class PairBankSampler:
+    """The pairs of one epoch of a cross-modal identity sampler, cut into global batches of
+    ``batch_size`` (the authors' ``stage1_batch_size`` loader over the sampler's index lists, last
+    incomplete batch dropped); rank r of W takes the r-th ``batch_size / W`` pairs of each.
+
+    Attributes:
+        pairs: ``[M, 2]`` (visible index, infrared index), M = a multiple of ``batch_size``.
+    """
+
+    def __init__(
+        self, global_batches: List[np.ndarray], batch_size: int, rank: int = 0, world: int = 1
+    ) -> None:
+        if batch_size < 1 or batch_size % world != 0:
+            raise ValueError(
+                f"MODEL.CSDN.PHASE1.IMS_PER_BATCH={batch_size} must be >= 1 and divisible by the "
+                f"world size {world}"
+            )
+        pairs = np.concatenate(global_batches)
+        if len(pairs) < batch_size:
+            raise ValueError(
+                f"the image bank has {len(pairs)} pairs, fewer than one batch "
+                f"(MODEL.CSDN.PHASE1.IMS_PER_BATCH={batch_size})"
+            )
+        self.batch_size, self.per_rank, self.rank = batch_size, batch_size // world, rank
+        self.pairs = pairs[: len(pairs) // batch_size * batch_size]
+
+    def __len__(self) -> int:
+        return len(self.pairs) // self.batch_size
+
+    def positions(self, step: int) -> torch.Tensor:
+        """Bank rows of this rank's share of global batch ``step``, ``[batch_size / W]``."""
+        start = step * self.batch_size + self.rank * self.per_rank
+        return torch.arange(start, start + self.per_rank)
+
+    def __iter__(self) -> Iterator[List[List[int]]]:
+        for step in range(len(self)):
+            yield self.pairs[self.positions(step).numpy()].tolist()
+
+
+def image_bank_train_mode(cfg: CfgNode, phase: int) -> bool:
+    """Whether the image bank of ``phase`` (0 prompt, 1 fusion) is extracted with the image
+    encoder in train mode: phase 2 with ``MODEL.CSDN.QUIRKS.FUSION_BANK_TRAIN_MODE`` (the
+    authors' model is left in train mode after phase 1); phase 1 never (CLIP's running stats)."""
+    return phase == 1 and bool(cfg.MODEL.CSDN.QUIRKS.FUSION_BANK_TRAIN_MODE)
 
 
 @contextmanager
@@ -76,8 +144,10 @@ def _gather_rows(positions: List[torch.Tensor], rows: List[torch.Tensor], total:
 def extract_pair_bank(
     model, cfg: CfgNode, seed: int, train_mode: bool
 ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """CSDN's phase-1 / phase-2 image bank: one pass of the cross-modal identity sampler with the
-    test transform; each pair gives the projected feature f_p of its visible and of its
+    """CSDN's phase-1 / phase-2 image bank: one pass of the cross-modal identity sampler (P from
+    ``SOLVER.IMS_PER_BATCH / DATALOADER.NUM_INSTANCE``, as the authors' sampler) with the test
+    transform, forwarded in batches of ``MODEL.CSDN.PHASE1.IMS_PER_BATCH`` pairs (the authors'
+    ``stage1_batch_size``); each pair gives the projected feature f_p of its visible and of its
     infrared image (each modality forwarded on its own, as the authors' code does).
 
     Args:
@@ -87,24 +157,29 @@ def extract_pair_bank(
             statistics are updated) -- the authors' phase-2 extraction.
 
     Returns:
-        visible features ``[M, D]``, infrared features ``[M, D]``, labels ``[M]`` (float32, CPU),
-        identical on every rank; M = (max(#visible, #infrared) // (P K) + 1) * P K.
+        visible features ``[M, D]`` and infrared features ``[M, D]`` (float32, CPU), labels
+        ``[M]`` (int64, CPU), identical on every rank; M = the sampler's
+        ``(max(#visible, #infrared) // (P K) + 1) * P K`` pairs cut down to a multiple of
+        ``PHASE1.IMS_PER_BATCH``.
     """
     pairs = build_vi_train_set(cfg, is_train=False)
     sampler = build_vi_sampler(cfg, pairs, seed=seed)
     sampler.set_epoch(0)
-    loader = build_vi_loader(cfg, pairs, sampler)
-    per_rank, world_batch = sampler.batch_size, sampler.total_batch_size
-    first = comm.get_rank() * per_rank
+    batches = PairBankSampler(
+        sampler.global_batches(),
+        cfg.MODEL.CSDN.PHASE1.IMS_PER_BATCH,
+        comm.get_rank(),
+        comm.get_world_size(),
+    )
+    loader = build_vi_loader(cfg, pairs, batches)
     positions, vis, ir, labels = [], [], [], []
     with mode(model.image_encoder, train_mode):
-        for b, batch in enumerate(progress(loader, "CSDN image bank")):
-            n = batch["ir_images"].shape[0]
-            positions.append(b * world_batch + first + torch.arange(n))
+        for step, batch in enumerate(progress(loader, "CSDN image bank")):
+            positions.append(batches.positions(step))
             vis.append(model.encode_proj(batch["vis_images"][:, 0], VISIBLE).float().cpu())
             ir.append(model.encode_proj(batch["ir_images"], INFRARED).float().cpu())
-            labels.append(batch["vis_targets"])
-    total = len(sampler) * world_batch
+            labels.append(batch["vis_targets"].long())
+    total = len(batches.pairs)
     v = _gather_rows(positions, vis, total)
     r = _gather_rows(positions, ir, total)
     y = _gather_rows(positions, labels, total)

@@ -70,6 +70,9 @@ def add_csdn_config(cfg: CN) -> None:
         # Epochs of the phase (authors: 60 each); phase 3 runs SOLVER.MAX_EPOCH epochs.
         node.EPOCHS = 60
         # Feature-bank items per batch (phase 1: visible-infrared pairs; phase 2: features).
+        # PHASE1's value (the authors' stage1_batch_size) also batches the forward passes of both
+        # image-bank extractions; under DDP each rank forwards IMS_PER_BATCH / world pairs and
+        # computes SupCon on its IMS_PER_BATCH / world items (no all-gather).
         node.IMS_PER_BATCH = batch
         # Adam learning rate; the LR follows timm's cosine stepped per epoch from epoch 0:
         # linear warm-up from WARMUP_LR_INIT, then cos(pi * epoch / EPOCHS) down to ETA_MIN_LR.
@@ -86,8 +89,9 @@ def add_csdn_config(cfg: CN) -> None:
 
     # ---------------------------------------------------------------- authors' quirks
     _C.MODEL.CSDN.QUIRKS = CN()
-    # Extract the phase-2 image bank with the image encoder in train mode (BN batch statistics,
-    # running statistics updated), as the authors' code does; False: eval mode.
+    # Extract the phase-2 image bank with the image encoder in train mode (BN batch statistics of
+    # each PHASE1.IMS_PER_BATCH forward batch -- per rank under DDP --, running statistics
+    # updated), as the authors' code does; False: eval mode.
     _C.MODEL.CSDN.QUIRKS.FUSION_BANK_TRAIN_MODE = True
     # Extract the phase-3 text bank with SII dropout active (train mode); False: eval mode.
     _C.MODEL.CSDN.QUIRKS.TEXT_BANK_TRAIN_MODE = True

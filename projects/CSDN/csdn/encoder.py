@@ -16,8 +16,8 @@ class VisualOutputs(NamedTuple):
     """Image-encoder outputs for ``B`` images.
 
     Attributes:
-        global_feat: ``[B, C]`` input of the GeM head: ResNet layer4 map ``[B, C, h, w]`` (GeM
-            pooled by the head) or the ViT CLS token after ``ln_post`` ``[B, width]``.
+        global_feat: input of the GeM head: the ResNet layer4 map ``[B, C, h, w]`` (GeM pooled by
+            the head) or the ViT CLS token after ``ln_post`` ``[B, width]``.
         proj_feat: ``[B, D]`` CLIP-projected feature (ResNet attention pool / ViT CLS @ proj).
     """
 
@@ -103,8 +103,9 @@ class GeneralizedMeanPooling(nn.Module):
 class BNClassifierHead(nn.Module):
     """[GeM] -> BatchNorm1d (weight 1, bias 0, both trained) -> Linear without bias (std 0.001).
 
-    ``forward(x) -> (feat [B, C], bn_feat [B, C], logits [B, N])`` where ``feat`` is the pooled
-    input (``x`` itself without pooling).
+    ``forward(x) -> (feat [B, C], bn_feat [B, C], logits [B, N])``. ``x`` is a feature map
+    ``[B, C, h, w]`` with ``pool=True`` (ResNet layer4; ``feat`` = its GeM pooling) or a vector
+    ``[B, C]`` with ``pool=False`` (``feat`` = ``x``).
     """
 
     def __init__(self, dim: int, num_classes: int, pool: bool) -> None:

@@ -47,8 +47,8 @@ class CSDN(nn.Module):
 
     * phase 1 ``{"vis_feats", "ir_feats" [B, D], "targets" [B]}``: SupCon(V -> T) + SupCon(T -> V)
       with V = [v; r], T = [t_vis(y); t_ir(y)] (prompts through the frozen text encoder);
-    * phase 2 ``{"feats" [B, D], "targets", "text_vis", "text_ir" [B, D]}``: the same with
-      T = SII(t_vis, t_ir);
+    * phase 2 ``{"feats" [B, D], "targets" [B], "class_text_vis", "class_text_ir" [N, D]}``
+      (the frozen prompts' texts of every class): the same with T = SII(t_vis(y), t_ir(y));
     * phase 3 (:class:`~fastreid_ext.data.vi.loaders.CrossModalPairSet` batches): identity CE on
       both heads, weighted-regularised triplet on (GeM feature, f_p), MSEL, and the HSE
       image-to-text CE against the text banks.
@@ -58,6 +58,7 @@ class CSDN(nn.Module):
     """
 
     training_only_prefixes = (
+        "text_encoder.",
         "prompt_learners.",
         "fusion.",
         "head_gem.classifier.",
@@ -109,6 +110,12 @@ class CSDN(nn.Module):
             raise ValueError(
                 f"MODEL.CSDN.HSE.TEXT_TARGET '{hse.TEXT_TARGET}' needs MODEL.CSDN."
                 f"{needs[hse.TEXT_TARGET]}"
+            )
+        if hse.MSEL_WEIGHT > 0 and cfg.DATALOADER.NUM_INSTANCE < 2:
+            raise ValueError(
+                f"MODEL.CSDN.HSE.MSEL_WEIGHT={hse.MSEL_WEIGHT} needs DATALOADER.NUM_INSTANCE >= 2 "
+                f"(MSEL compares each image with the K-1 others of its identity), got "
+                f"{cfg.DATALOADER.NUM_INSTANCE}; set MODEL.CSDN.HSE.MSEL_WEIGHT 0 or raise K"
             )
         self.hse = hse
         self.num_instances = cfg.DATALOADER.NUM_INSTANCE
@@ -234,7 +241,8 @@ class CSDN(nn.Module):
         """Phase 2 (SII): image features vs the fused texts of their identities."""
         y = batch["targets"].to(self.device)
         feats = batch["feats"].to(self.device).float()
-        fused = self.fusion(batch["text_vis"].to(self.device), batch["text_ir"].to(self.device))
+        t_vis = batch["class_text_vis"].to(self.device)[y]
+        fused = self.fusion(t_vis, batch["class_text_ir"].to(self.device)[y])
         return {
             "loss_sii_i2t": supcon_loss(feats, fused.float(), y, y),
             "loss_sii_t2i": supcon_loss(fused.float(), feats, y, y),
@@ -262,6 +270,11 @@ class CSDN(nn.Module):
         }
         view_a, ir = slice(0, b), slice(b * views, b * (views + 1))
         if h.MSEL_WEIGHT > 0:
+            if not torch.equal(y_vis, y_ir):
+                raise ValueError(
+                    "MSEL (MODEL.CSDN.HSE.MSEL_WEIGHT > 0) needs same-identity pairs: "
+                    "batch['ir_targets'] must equal batch['vis_targets'] row by row"
+                )
             k = self.num_instances
             losses["loss_msel"] = h.MSEL_WEIGHT * (
                 msel_loss(f_g[view_a], f_g[ir], y_vis, k)

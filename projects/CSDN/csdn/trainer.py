@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import logging
-import math
 import os
-from dataclasses import dataclass
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -25,123 +23,21 @@ from fastreid_ext.data.vi import (
 )
 from fastreid_ext.engine.trainer import ExtTrainer
 from fastreid_ext.registry import TRAINER_REGISTRY
-from fastreid_ext.solver import LRSchedule, build_lr_schedule, build_optimizer
+from fastreid_ext.solver import build_optimizer
 
-from .banks import TensorBank, TensorBatchLoader, extract_pair_bank, extract_text_bank
+from .banks import (
+    TensorBank,
+    TensorBatchLoader,
+    extract_pair_bank,
+    extract_text_bank,
+    image_bank_train_mode,
+)
 from .model import PHASES
+from .phases import PhaseEvalHook, PhasePlan, PhaseSchedule, PhaseState
 
-__all__ = ["CSDNPhasedTrainer", "PhasePlan", "PhaseSchedule", "TimmCosineSchedule", "PhaseState"]
+__all__ = ["CSDNPhasedTrainer"]
 
 logger = logging.getLogger(__name__)
-
-
-class PhasePlan:
-    """Epochs of the phases (prompt, fusion, image) laid end to end on one epoch axis.
-
-    Phase 1 runs ``MODEL.CSDN.PHASE1.EPOCHS``, phase 2 ``PHASE2.EPOCHS`` (0 without SII), phase
-    3 ``SOLVER.MAX_EPOCH`` (>= 1); a phase with 0 epochs is skipped.
-    """
-
-    def __init__(self, cfg: CfgNode) -> None:
-        c = cfg.MODEL.CSDN
-        e1, e2 = int(c.PHASE1.EPOCHS), int(c.PHASE2.EPOCHS) if c.SII.ENABLED else 0
-        e3 = int(cfg.SOLVER.MAX_EPOCH)
-        if min(e1, e2) < 0 or e3 < 1:
-            raise ValueError(
-                f"MODEL.CSDN.PHASE1/PHASE2.EPOCHS must be >= 0 and SOLVER.MAX_EPOCH >= 1, got "
-                f"{e1}, {e2}, {e3}"
-            )
-        self.epochs = (e1, e2, e3)
-        self.starts = (0, e1, e1 + e2)
-        self.total = e1 + e2 + e3
-
-    def phase_of(self, epoch: int) -> int:
-        """Index (0 prompt, 1 fusion, 2 image) of the phase that trains ``epoch`` (0-based)."""
-        for k in (2, 1, 0):
-            if self.epochs[k] and epoch >= self.starts[k]:
-                return k
-        return 2
-
-
-@dataclass(frozen=True)
-class TimmCosineSchedule:
-    """LR factor of timm's ``CosineLRScheduler`` (t_mul 1, one cycle, no warm-up prefix) as
-    CSDN's phases 1-2 use it, stepped with the epoch t from 0: ``warmup_lr_init + t * (base -
-    warmup_lr_init) / warmup`` for t < warmup, then ``lr_min + (base - lr_min) (1 + cos(pi t /
-    t_initial)) / 2``; ``lr_min`` from t_initial on. Divided by ``base_lr``."""
-
-    base_lr: float
-    t_initial: int
-    warmup: int = 5
-    warmup_lr_init: float = 1e-5
-    lr_min: float = 1e-6
-
-    def factor(self, t: float) -> float:
-        if t < self.warmup:
-            lr = self.warmup_lr_init + t * (self.base_lr - self.warmup_lr_init) / self.warmup
-        elif t >= self.t_initial:
-            lr = self.lr_min
-        else:
-            cos = 1 + math.cos(math.pi * t / self.t_initial)
-            lr = self.lr_min + 0.5 * (self.base_lr - self.lr_min) * cos
-        return lr / self.base_lr
-
-
-class PhaseSchedule:
-    """``LRScheduleHook``-compatible schedule over the whole run: each phase's own schedule,
-    evaluated at the epoch relative to the phase start (phase 3: ``SOLVER`` keys)."""
-
-    def __init__(self, cfg: CfgNode, plan: PhasePlan) -> None:
-        c = cfg.MODEL.CSDN
-        self.plan = plan
-        self.image: LRSchedule = build_lr_schedule(cfg)
-        self.phases = [
-            TimmCosineSchedule(
-                node.BASE_LR, node.EPOCHS, node.WARMUP_EPOCHS, node.WARMUP_LR_INIT, node.ETA_MIN_LR
-            )
-            for node in (c.PHASE1, c.PHASE2)
-        ] + [self.image]
-
-    def progress(self, epoch: int, iter_in_epoch: int, iters_per_epoch: int) -> float:
-        return self.image.progress(epoch, iter_in_epoch, iters_per_epoch)
-
-    def factor(self, progress: float) -> float:
-        k = self.plan.phase_of(int(progress))
-        return self.phases[k].factor(progress - self.plan.starts[k])
-
-
-class PhaseState:
-    """The current phase, stored in every checkpoint under ``csdn_phase``."""
-
-    def __init__(self) -> None:
-        self.phase = -1
-
-    def state_dict(self) -> Dict[str, Any]:
-        return {"phase": self.phase, "name": PHASES[self.phase] if self.phase >= 0 else ""}
-
-    def load_state_dict(self, state: Dict[str, Any]) -> None:
-        self.phase = int(state["phase"])
-
-
-class PhaseEvalHook(fr_hooks.EvalHook):
-    """Evaluates every ``period`` epochs of phase 3 (counted from its start) and at the end."""
-
-    def __init__(self, period: int, func, first_epoch: int) -> None:
-        super().__init__(period, func)
-        self.first_epoch = first_epoch
-
-    def _due(self) -> bool:
-        n = self.trainer.epoch + 1 - self.first_epoch
-        return self._period > 0 and n > 0 and n % self._period == 0
-
-    def after_epoch(self) -> None:
-        if self._due():
-            self._do_eval()
-
-    def after_train(self) -> None:
-        if self.trainer.epoch + 1 >= self.trainer.max_epoch and not self._due():
-            self._do_eval()
-        del self._func
 
 
 def _module(model: torch.nn.Module):
@@ -180,8 +76,10 @@ class CSDNPhasedTrainer(ExtTrainer):
     Each phase freezes everything else, gets a fresh optimizer and its own LR schedule. The
     phase is saved in every checkpoint (``csdn_phase``) so ``--resume`` rebuilds the right
     optimizer before loading it; the image banks are cached in ``OUTPUT_DIR`` so a run resumed
-    inside phase 1 or 2 uses the very same bank, and the text bank lives in the model's
-    buffers. Resumed runs reproduce uninterrupted ones exactly, across phase boundaries too.
+    inside phase 1 or 2 uses the very same bank (a bank is deleted once a checkpoint of a later
+    phase is written: ``--resume`` can no longer return to its phase), and the text bank lives
+    in the model's buffers. Resumed runs reproduce uninterrupted ones exactly, across phase
+    boundaries too.
     """
 
     def __init__(self, cfg: CfgNode) -> None:
@@ -190,6 +88,8 @@ class CSDNPhasedTrainer(ExtTrainer):
         self._data_phase: Optional[int] = None
         super().__init__(cfg)
         self.checkpointer.checkpointables["csdn_phase"] = self.phase_state
+        self._save_checkpoint = self.checkpointer.save
+        self.checkpointer.save = self._save_and_drop_banks
         self._configure_phase(self.plan.phase_of(0))
 
     # ------------------------------------------------------------------ building blocks
@@ -231,11 +131,13 @@ class CSDNPhasedTrainer(ExtTrainer):
         return build_optimizer(cfg, module)
 
     def total_iterations(self) -> int:
-        """Iterations of the whole run: banks hold one sampler pass of pairs (phase 1) or twice
-        that many features (phase 2); phase 3 runs the sampler's batches."""
+        """Iterations of the whole run: banks hold one sampler pass of pairs cut to a multiple of
+        ``PHASE1.IMS_PER_BATCH`` (phase 1) or twice that many features (phase 2); phase 3 runs
+        the sampler's batches."""
         c, (e1, e2, e3) = self.cfg.MODEL.CSDN, self.plan.epochs
         batches = len(build_vi_sampler(self.cfg, self.image_train_set))
-        pairs = batches * self.cfg.SOLVER.IMS_PER_BATCH
+        sampled = batches * self.cfg.SOLVER.IMS_PER_BATCH
+        pairs = sampled // c.PHASE1.IMS_PER_BATCH * c.PHASE1.IMS_PER_BATCH
         return (
             e1 * (pairs // c.PHASE1.IMS_PER_BATCH)
             + e2 * (2 * pairs // c.PHASE2.IMS_PER_BATCH)
@@ -288,6 +190,16 @@ class CSDNPhasedTrainer(ExtTrainer):
     def _bank_path(self, phase: int) -> str:
         return os.path.join(self.cfg.OUTPUT_DIR, f"csdn_bank_phase{phase + 1}.pt")
 
+    def _save_and_drop_banks(self, name: str, **kwargs: Any) -> None:
+        """Save a checkpoint, then delete the cached image banks of the phases before the
+        current one (``--resume`` continues from this checkpoint, never inside them)."""
+        self._save_checkpoint(name, **kwargs)
+        for phase in range(self.phase_state.phase):
+            path = self._bank_path(phase)
+            if comm.is_main_process() and os.path.isfile(path):
+                os.remove(path)
+                logger.info("Deleted the cached image bank %s (its phase is over)", path)
+
     def _image_bank(self, phase: int) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """The phase's image bank: extracted at the phase start (and cached in OUTPUT_DIR), read
         back from the cache when a run resumes inside the phase."""
@@ -305,8 +217,7 @@ class CSDNPhasedTrainer(ExtTrainer):
             logger.warning("Ignoring %s: it was extracted by a different model / seed", path)
         elif self.epoch != self.plan.starts[phase]:
             logger.warning("No cached image bank %s: extracting it again", path)
-        train_mode = phase == 1 and self.cfg.MODEL.CSDN.QUIRKS.FUSION_BANK_TRAIN_MODE
-        v, r, y = extract_pair_bank(module, self.cfg, seed, train_mode)
+        v, r, y = extract_pair_bank(module, self.cfg, seed, image_bank_train_mode(self.cfg, phase))
         if comm.is_main_process() and self.cfg.OUTPUT_DIR:
             os.makedirs(self.cfg.OUTPUT_DIR, exist_ok=True)
             bank = {"visible": v, "infrared": r, "labels": y, "seed": seed, "checksum": checksum}
@@ -329,14 +240,10 @@ class CSDNPhasedTrainer(ExtTrainer):
             with torch.no_grad():
                 labels = torch.arange(module.num_classes, device=module.device)
                 t_vis, t_ir = (t.float().cpu() for t in module.class_texts(labels))
-            feats, labels = torch.cat([v, r]), torch.cat([y, y])
+            # the class texts [N, D] travel whole with every batch; the model indexes them
             bank = TensorBank(
-                {
-                    "feats": feats,
-                    "targets": labels,
-                    "text_vis": t_vis[labels],
-                    "text_ir": t_ir[labels],
-                }
+                {"feats": torch.cat([v, r]), "targets": torch.cat([y, y])},
+                shared={"class_text_vis": t_vis, "class_text_ir": t_ir},
             )
             sampler = RandomEpochBatchSampler(len(bank), c.PHASE2.IMS_PER_BATCH, seed, rank, world)
             self.set_train_set(bank, sampler)

@@ -1,0 +1,126 @@
+"""CSDN's phase plan (three phases on one epoch axis), their LR schedules, the phase state saved
+in checkpoints and the phase-3 evaluation hook."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Dict
+
+from fastreid.config import CfgNode
+from fastreid.engine import hooks as fr_hooks
+
+from fastreid_ext.solver import LRSchedule, build_lr_schedule
+
+from .model import PHASES
+
+__all__ = ["PhasePlan", "TimmCosineSchedule", "PhaseSchedule", "PhaseState", "PhaseEvalHook"]
+
+
+class PhasePlan:
+    """Epochs of the phases (prompt, fusion, image) laid end to end on one epoch axis.
+
+    Phase 1 runs ``MODEL.CSDN.PHASE1.EPOCHS``, phase 2 ``PHASE2.EPOCHS`` (0 without SII), phase
+    3 ``SOLVER.MAX_EPOCH`` (>= 1); a phase with 0 epochs is skipped.
+    """
+
+    def __init__(self, cfg: CfgNode) -> None:
+        c = cfg.MODEL.CSDN
+        e1, e2 = int(c.PHASE1.EPOCHS), int(c.PHASE2.EPOCHS) if c.SII.ENABLED else 0
+        e3 = int(cfg.SOLVER.MAX_EPOCH)
+        if min(e1, e2) < 0 or e3 < 1:
+            raise ValueError(
+                f"MODEL.CSDN.PHASE1/PHASE2.EPOCHS must be >= 0 and SOLVER.MAX_EPOCH >= 1, got "
+                f"{e1}, {e2}, {e3}"
+            )
+        self.epochs = (e1, e2, e3)
+        self.starts = (0, e1, e1 + e2)
+        self.total = e1 + e2 + e3
+
+    def phase_of(self, epoch: int) -> int:
+        """Index (0 prompt, 1 fusion, 2 image) of the phase that trains ``epoch`` (0-based)."""
+        for k in (2, 1, 0):
+            if self.epochs[k] and epoch >= self.starts[k]:
+                return k
+        return 2
+
+
+@dataclass(frozen=True)
+class TimmCosineSchedule:
+    """LR factor of timm's ``CosineLRScheduler`` (t_mul 1, one cycle, no warm-up prefix) as
+    CSDN's phases 1-2 use it, stepped with the epoch t from 0: ``warmup_lr_init + t * (base -
+    warmup_lr_init) / warmup`` for t < warmup, then ``lr_min + (base - lr_min) (1 + cos(pi t /
+    t_initial)) / 2``; ``lr_min`` from t_initial on. Divided by ``base_lr``."""
+
+    base_lr: float
+    t_initial: int
+    warmup: int = 5
+    warmup_lr_init: float = 1e-5
+    lr_min: float = 1e-6
+
+    def factor(self, t: float) -> float:
+        if t < self.warmup:
+            lr = self.warmup_lr_init + t * (self.base_lr - self.warmup_lr_init) / self.warmup
+        elif t >= self.t_initial:
+            lr = self.lr_min
+        else:
+            cos = 1 + math.cos(math.pi * t / self.t_initial)
+            lr = self.lr_min + 0.5 * (self.base_lr - self.lr_min) * cos
+        return lr / self.base_lr
+
+
+class PhaseSchedule:
+    """``LRScheduleHook``-compatible schedule over the whole run: each phase's own schedule,
+    evaluated at the epoch relative to the phase start (phase 3: ``SOLVER`` keys)."""
+
+    def __init__(self, cfg: CfgNode, plan: PhasePlan) -> None:
+        c = cfg.MODEL.CSDN
+        self.plan = plan
+        self.image: LRSchedule = build_lr_schedule(cfg)
+        self.phases = [
+            TimmCosineSchedule(
+                node.BASE_LR, node.EPOCHS, node.WARMUP_EPOCHS, node.WARMUP_LR_INIT, node.ETA_MIN_LR
+            )
+            for node in (c.PHASE1, c.PHASE2)
+        ] + [self.image]
+
+    def progress(self, epoch: int, iter_in_epoch: int, iters_per_epoch: int) -> float:
+        return self.image.progress(epoch, iter_in_epoch, iters_per_epoch)
+
+    def factor(self, progress: float) -> float:
+        k = self.plan.phase_of(int(progress))
+        return self.phases[k].factor(progress - self.plan.starts[k])
+
+
+class PhaseState:
+    """The current phase, stored in every checkpoint under ``csdn_phase``."""
+
+    def __init__(self) -> None:
+        self.phase = -1
+
+    def state_dict(self) -> Dict[str, Any]:
+        return {"phase": self.phase, "name": PHASES[self.phase] if self.phase >= 0 else ""}
+
+    def load_state_dict(self, state: Dict[str, Any]) -> None:
+        self.phase = int(state["phase"])
+
+
+class PhaseEvalHook(fr_hooks.EvalHook):
+    """Evaluates every ``period`` epochs of phase 3 (counted from its start) and at the end."""
+
+    def __init__(self, period: int, func, first_epoch: int) -> None:
+        super().__init__(period, func)
+        self.first_epoch = first_epoch
+
+    def _due(self) -> bool:
+        n = self.trainer.epoch + 1 - self.first_epoch
+        return self._period > 0 and n > 0 and n % self._period == 0
+
+    def after_epoch(self) -> None:
+        if self._due():
+            self._do_eval()
+
+    def after_train(self) -> None:
+        if self.trainer.epoch + 1 >= self.trainer.max_epoch and not self._due():
+            self._do_eval()
+        del self._func

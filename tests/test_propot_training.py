@@ -1,6 +1,7 @@
 """Propot through the trainer: two gloo ranks get identical initial prototypes equal to the
-per-identity encoder sums; evaluation needs no prototype tensor; every config (datasets, demo,
-Table-4/5 ablations) builds and trains; the demo beats chance and is not worse than the baseline."""
+per-identity encoder sums, and a second two-rank run reloads them from the cache; evaluation needs
+no prototype tensor; every config (datasets, demo, Table-4/5 ablations) builds and trains; the
+demo beats chance and is not worse than the baseline."""
 
 from __future__ import annotations
 
@@ -28,9 +29,8 @@ DEMO = str(CONFIGS / "demo.yml")
 PLUGINS = str(REPO / "tests" / "plugins")
 
 
-@pytest.fixture(scope="module")
-def ddp_run(synthetic_root, tmp_path_factory):
-    out = tmp_path_factory.mktemp("propot_ddp")
+def _two_rank_run(root: str, out, *opts: str) -> None:
+    """One epoch of the demo config on two gloo ranks, recording the initial prototypes."""
     run_train_net(
         [
             "--config-file",
@@ -39,14 +39,21 @@ def ddp_run(synthetic_root, tmp_path_factory):
             "2",
             "--dist-url",
             "auto",
-            *tiny_opts(synthetic_root, str(out), epochs=1),
+            *tiny_opts(root, str(out), epochs=1),
             "PLUGINS",
             "['propot_probe']",
             "TRAINER.HOOKS",
             "['PropotInitialPrototypeHook','PropotProbeHook']",
+            *opts,
         ],
         env_extra={"PYTHONPATH": PLUGINS},
     )
+
+
+@pytest.fixture(scope="module")
+def ddp_run(synthetic_root, tmp_path_factory):
+    out = tmp_path_factory.mktemp("propot_ddp")
+    _two_rank_run(synthetic_root, out)
     return out
 
 
@@ -72,6 +79,23 @@ def test_ddp_ranks_share_initial_prototypes_equal_to_identity_sums(
     state = torch.load(ddp_run / "model_final.pth", weights_only=True)["model"]
     assert torch.equal(state["prototypes.initial_v"], r0["initial_v"])
     assert bool(state["prototypes.initialized"])
+
+
+def test_ddp_ranks_reload_initial_prototypes_from_the_cache(ddp_run, synthetic_root, tmp_path):
+    """A second two-rank run with the first run's output folder as MODEL.PROPOT.INIT.CACHE_DIR:
+    rank 0 reads the cache, both ranks get its tensors, nothing is extracted or rewritten."""
+    out = tmp_path / "again"
+    cache = sorted(ddp_run.glob("propot_initial_prototypes_*.pt"))
+    assert len(cache) == 1
+    stamp = cache[0].stat().st_mtime_ns
+    _two_rank_run(synthetic_root, out, "MODEL.PROPOT.INIT.CACHE_DIR", str(ddp_run))
+    first = torch.load(ddp_run / "propot_probe_rank0.pt", weights_only=True)
+    r0, r1 = (torch.load(out / f"propot_probe_rank{r}.pt", weights_only=True) for r in (0, 1))
+    assert r0["world_size"] == 2 and r0["source"] == r1["source"] == "cache"
+    for key in ("initial_v", "initial_t"):
+        assert torch.equal(r0[key], r1[key]) and torch.equal(r0[key], first[key]), key
+    assert cache[0].stat().st_mtime_ns == stamp
+    assert not list(out.glob("propot_initial_prototypes_*.pt"))
 
 
 def test_eval_without_prototype_tensors_gives_the_training_metrics(
@@ -162,9 +186,32 @@ def test_every_config_builds_and_trains_two_steps():
             assert any(k.startswith("prototypes.") for k in moved), name
 
 
+def test_benchmark_script_runs_on_cpu():
+    """tools/benchmark_propot.py end to end on a tiny CPU setting (a smoke test, not timed)."""
+    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    args = ["--iters", "1", "--rounds", "1", "--warmup", "1", "--num-ids", "40", "--batch", "8"]
+    proc = subprocess.run(
+        [sys.executable, str(TOOLS / "benchmark_propot.py"), *args],
+        cwd=str(REPO),
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    rows = {line.split("  ")[0] for line in proc.stdout.splitlines()}
+    assert {"baseline", "propot", "propot (all N prototypes)"} <= rows, proc.stdout
+    assert "Propot / baseline step time:" in proc.stdout and "fp32" in proc.stdout
+    assert "peak" not in proc.stdout  # peak memory is reported on CUDA only
+
+
 def test_demo_learns_and_is_not_worse_than_the_baseline(tmp_path):
     """Propot's demo recipe and the baseline's on the same synthetic data and budget (reduced:
-    100 training ids, 6 epochs), trained side by side."""
+    100 training ids, 6 epochs), trained side by side.
+
+    The issue's "full Propot" comparison runs Table 4 row 6 (DPP + IPP + APA + L_p2i, no MLM)
+    against row 0: MLM is left out of both demo recipes because its 49408-way head dominates the
+    CPU time of the tiny model, so both sides differ only by the prototype modules and L_p2i."""
     root = tmp_path / "data"
     num_test_ids = 40
     write_synthetic_dataset(
@@ -175,9 +222,9 @@ def test_demo_learns_and_is_not_worse_than_the_baseline(tmp_path):
     procs = {}
     for method, cfg in (("baseline", REPO / "configs" / "Baseline" / "demo.yml"), ("propot", DEMO)):
         args = [
-            "--config-file", str(cfg), "DATASETS.ROOT", str(root), "OUTPUT_DIR", str(tmp_path / method),
-            "SOLVER.MAX_EPOCH", "6", "TEST.EVAL_PERIOD", "6", "SOLVER.CHECKPOINT_PERIOD", "6",
-            "DATALOADER.NUM_WORKERS", "0",
+            "--config-file", str(cfg), "DATASETS.ROOT", str(root),
+            "OUTPUT_DIR", str(tmp_path / method), "SOLVER.MAX_EPOCH", "6", "TEST.EVAL_PERIOD", "6",
+            "SOLVER.CHECKPOINT_PERIOD", "6", "DATALOADER.NUM_WORKERS", "0",
         ]  # fmt: skip
         procs[method] = subprocess.Popen(
             [sys.executable, str(TOOLS / "train_net.py"), *args],
@@ -199,5 +246,5 @@ def test_demo_learns_and_is_not_worse_than_the_baseline(tmp_path):
         f"mAP {prop['mAP']:.2f} (chance R1 {chance:.2f})"
     )
     assert prop["R1"] >= 3 * chance and prop["mAP"] >= 10.0
-    # Measured (6 epochs): baseline R1 9.38 / mAP 15.21, Propot R1 14.38 / mAP 17.49.
+    # Measured (6 epochs): baseline R1 9.38 / mAP 15.21, Propot R1 13.12 / mAP 17.54.
     assert prop["mAP"] >= base["mAP"] - 0.5 and prop["R1"] >= base["R1"] - 1.0

@@ -1,31 +1,40 @@
 #!/usr/bin/env python
-"""Per-iteration training time of Propot vs the baseline, measured in the same process.
+"""Per-iteration training time (and, on CUDA, peak memory) of Propot vs the baseline, measured
+in the same process.
 
 Both models come from configs/Propot/cuhk.yml with random weights and the same instance losses;
 the baseline is the same config with ``MODEL.PROPOT.ENABLED False`` (Table 4 row 0). A third
 variant computes the prototypes of all N identities every step (``BATCH_IDENTITIES_ONLY
-False``, the literal reading of eqs. 2-6). Steps (forward, backward, Adam step) on synthetic
-batches alternate between the models, and the median time per step is reported.
+False``, the literal reading of eqs. 2-6). Each variant is built, run for ``--warmup`` +
+``--iters`` steps (forward, backward, Adam step) on synthetic batches and freed before the next,
+so that its peak GPU memory (``torch.cuda.max_memory_allocated`` after a reset) is its own; this
+repeats ``--rounds`` times, alternating the variants, and the median time per step is reported.
+On CUDA the steps run under the trainer's autocast (``SOLVER.AMP``: bf16).
 
     # tiny CLIP on CPU (default), CUHK-PEDES-sized prototype set
     python tools/benchmark_propot.py
+    # a quick check on CPU
+    python tools/benchmark_propot.py --iters 2 --rounds 1 --warmup 1 --num-ids 500
     # the paper's setting: ViT-B/16 at 384x128, batch 64, bf16 autocast, with MLM
     python tools/benchmark_propot.py --device cuda --arch ViT-B-16 --size 384 128 --mlm
 
-Target: Propot <= 1.35x the baseline's step time.
+Targets: Propot <= 1.35x the baseline's step time; on GPU, peak memory under 24 GB.
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
 import os
 import statistics
 import time
+from contextlib import nullcontext
 from pathlib import Path
 
 import torch
 
 from fastreid_ext.engine import build_cfg
+from fastreid_ext.engine.step import resolve_amp_dtype
 from fastreid_ext.engine.trainer import ExtTrainer
 from fastreid_ext.solver import build_optimizer
 from fastreid_ext.text import ClipTokenizer, mask_tokens
@@ -68,13 +77,15 @@ def build(args: argparse.Namespace, opts: list) -> tuple:
     arch = args.arch or ("ViT-B-16" if cuda else "tiny-vit")
     size = args.size or ((384, 128) if cuda else (64, 32))
     losses = '["SDM","ID","MLM"]' if args.mlm else '["SDM","ID"]'
+    hw = f"[{size[0]},{size[1]}]"
     cfg = build_cfg(
         str(REPO / "configs" / "Propot" / "cuhk.yml"),
         [
             "MODEL.DEVICE", args.device, "MODEL.CLIP.NAME", arch, "MODEL.CLIP.RANDOM_INIT", "True",
-            "INPUT.SIZE_TRAIN", f"[{size[0]},{size[1]}]", "INPUT.SIZE_TEST", f"[{size[0]},{size[1]}]",
-            "MODEL.HEADS.NUM_CLASSES", str(args.num_ids), "MODEL.T2I.LOSSES", losses,
-            "SOLVER.IMS_PER_BATCH", str(args.batch), "SOLVER.AMP.ENABLED", str(cuda), *opts,
+            "INPUT.SIZE_TRAIN", hw, "INPUT.SIZE_TEST", hw, "MODEL.HEADS.NUM_CLASSES",
+            str(args.num_ids), "MODEL.T2I.LOSSES", losses, "SOLVER.IMS_PER_BATCH", str(args.batch),
+            # the trainer's mixed precision (SOLVER.AMP.DTYPE bf16 from the config) on CUDA
+            "SOLVER.AMP.ENABLED", str(cuda), *opts,
         ],
     )  # fmt: skip
     torch.manual_seed(0)
@@ -121,18 +132,50 @@ def make_batches(args: argparse.Namespace, size, n: int = 4) -> list:
     return batches
 
 
-def step(model, optimizer, batch, cuda: bool) -> None:
-    ctx = (
-        torch.autocast("cuda", dtype=torch.bfloat16)
-        if cuda
-        else torch.autocast("cpu", enabled=False)
-    )
+def step(model, optimizer, batch, amp_dtype) -> None:
+    """One training step as ``StepRunner.run_step`` runs it (autocast when ``amp_dtype``)."""
+    ctx = torch.autocast("cuda", dtype=amp_dtype) if amp_dtype else nullcontext()
     with ctx:
         losses = model(batch)
     total = sum(v.float() for v in losses.values())
     optimizer.zero_grad(set_to_none=True)
     total.backward()
     optimizer.step()
+
+
+def measure(args, opts: list, batches: list, cuda: bool) -> dict:
+    """Build one variant, run ``--warmup`` steps then ``--iters`` timed steps, free it.
+
+    Returns the step times (s), the parameter count and, on CUDA, the peak memory allocated
+    (GiB) from before the model is built to the last step (weights, Adam state, activations).
+    """
+    if cuda:
+        gc.collect()
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+    cfg, model, opt, _ = build(args, opts)
+    amp_dtype = resolve_amp_dtype(cfg.SOLVER.AMP.ENABLED, cfg.SOLVER.AMP.DTYPE, model.device)
+    times = []
+    for i in range(args.warmup + args.iters):
+        if cuda:
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        step(model, opt, batches[i % len(batches)], amp_dtype)
+        if cuda:
+            torch.cuda.synchronize()
+        if i >= args.warmup:
+            times.append(time.perf_counter() - t0)
+    result = {
+        "times": times,
+        "params": sum(p.numel() for p in model.parameters()) / 1e6,
+        "amp": str(amp_dtype).replace("torch.", "") if amp_dtype else "fp32",
+        "peak_gib": torch.cuda.max_memory_allocated() / 2**30 if cuda else None,
+    }
+    del model, opt
+    gc.collect()
+    if cuda:
+        torch.cuda.empty_cache()
+    return result
 
 
 def main() -> None:
@@ -148,48 +191,47 @@ def main() -> None:
     }
     if not args.no_all_ids:
         variants["propot (all N prototypes)"] = ["MODEL.PROPOT.BATCH_IDENTITIES_ONLY", "False"]
-    models = {}
-    for name, opts in variants.items():
-        cfg, model, opt, size = build(args, opts)
-        models[name] = (model, opt)
+    size = tuple(args.size or ((384, 128) if cuda else (64, 32)))
     batches = make_batches(args, size)
     if cuda:
         batches = [{k: v.cuda(non_blocking=True) for k, v in b.items()} for b in batches]
 
-    def sync():
-        if cuda:
-            torch.cuda.synchronize()
-
-    for model, opt in models.values():
-        for i in range(args.warmup):
-            step(model, opt, batches[i % len(batches)], cuda)
-    sync()
-    times = {name: [] for name in models}
+    # One variant at a time (built, measured, freed), so that the peak memory of each is its
+    # own; the rounds alternate the variants to spread the load of a shared machine over all.
+    results = {name: [] for name in variants}
     for _ in range(args.rounds):
-        for name, (model, opt) in models.items():
-            for i in range(args.iters):
-                sync()
-                t0 = time.perf_counter()
-                step(model, opt, batches[i % len(batches)], cuda)
-                sync()
-                times[name].append(time.perf_counter() - t0)
+        for name, opts in variants.items():
+            results[name].append(measure(args, opts, batches, cuda))
 
+    times = {name: [t for r in rs for t in r["times"]] for name, rs in results.items()}
     base = statistics.median(times["baseline"])
     dev = torch.cuda.get_device_name() if cuda else f"CPU, {args.threads} thread(s)"
+    arch = args.arch or ("ViT-B-16" if cuda else "tiny-vit")
+    losses = ["SDM", "ID", "MLM"] if args.mlm else ["SDM", "ID"]
+    amp = results["baseline"][0]["amp"]
+    amp = f"{amp} autocast" if amp != "fp32" else "fp32"
     print(
-        f"device: {dev}; arch {cfg.MODEL.CLIP.NAME} {size[0]}x{size[1]}, batch {args.batch}, "
-        f"N = {args.num_ids} identities, losses {list(cfg.MODEL.T2I.LOSSES)}, "
-        f"{'bf16 autocast' if cuda else 'fp32'}, {'fused' if args.fused_adam else 'foreach'} Adam"
+        f"device: {dev}; arch {arch} {size[0]}x{size[1]}, batch {args.batch}, "
+        f"N = {args.num_ids} identities, losses {losses}, "
+        f"{amp}, "
+        f"{'fused' if args.fused_adam else 'foreach'} Adam; "
+        f"{args.rounds} rounds x {args.iters} timed steps (+{args.warmup} warm-up) per variant"
     )
-    print(f"{'model':<28}{'ms/step':>10}{'x baseline':>12}{'params (M)':>12}")
-    for name, (model, _) in models.items():
+    header = f"{'model':<28}{'ms/step':>10}{'x baseline':>12}{'params (M)':>12}"
+    print(header + (f"{'peak GiB':>10}" if cuda else ""))
+    for name, rs in results.items():
         med = statistics.median(times[name])
-        params = sum(p.numel() for p in model.parameters()) / 1e6
-        print(f"{name:<28}{med * 1e3:>10.1f}{med / base:>12.2f}{params:>12.2f}")
+        line = f"{name:<28}{med * 1e3:>10.1f}{med / base:>12.2f}{rs[0]['params']:>12.2f}"
+        if cuda:
+            line += f"{max(r['peak_gib'] for r in rs):>10.2f}"
+        print(line)
     ratio = statistics.median(times["propot"]) / base
-    print(
-        f"Propot / baseline step time: {ratio:.2f} (target <= 1.35: {'met' if ratio <= 1.35 else 'NOT met'})"
-    )
+    met = "met" if ratio <= 1.35 else "NOT met"
+    print(f"Propot / baseline step time: {ratio:.2f} (target <= 1.35: {met})")
+    if cuda:
+        peak = max(r["peak_gib"] for r in results["propot"])
+        met = "met" if peak * 2**30 < 24e9 else "NOT met"
+        print(f"Propot peak memory allocated: {peak:.2f} GiB (target < 24 GB: {met})")
 
 
 if __name__ == "__main__":

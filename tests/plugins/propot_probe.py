@@ -14,7 +14,8 @@ from fastreid_ext.registry import HOOK_REGISTRY
 
 @HOOK_REGISTRY.register()
 class PropotProbeHook(HookBase):
-    """After ``PropotInitialPrototypeHook`` (listed before it in TRAINER.HOOKS), saves
+    """Runs after ``PropotInitialPrototypeHook`` (listed after it in TRAINER.HOOKS, so its
+    ``before_train`` comes second) and saves
     ``propot_probe_rank{r}.pt``: the initial prototypes, the hook's ``source``, and on rank 0 the
     encoder weights they were computed with."""
 

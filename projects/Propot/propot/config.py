@@ -45,7 +45,7 @@ def add_propot_config(cfg: CN) -> None:
     # counts twice, as written) or "image" (every training image once). pt^t always sums pairs.
     _C.MODEL.PROPOT.INIT.IMAGE_COUNT = "pair"
     # Folder of the on-disk cache of the initial prototypes ("" = OUTPUT_DIR). Entries are keyed
-    # by the CLIP weights, architecture, input size, datasets and number of pairs.
+    # by the CLIP weights, architecture, input size, datasets and a hash of every training pair.
     _C.MODEL.PROPOT.INIT.CACHE_DIR = ""
     # Batch size of the feature extraction (0: TEST.IMS_PER_BATCH).
     _C.MODEL.PROPOT.INIT.BATCH_SIZE = 0
@@ -71,9 +71,9 @@ def add_propot_config(cfg: CN) -> None:
     _C.MODEL.PROPOT.IPP.INTER = True
     # N_e: number of cross-attention decoder (CAD) blocks (paper: 3).
     _C.MODEL.PROPOT.IPP.DEPTH = 3
-    # Apply one block DEPTH times (weight tying): the paper's parameter count (+3.15M, one block)
-    # and FLOPs (+2.79G per pair of calls, three block applications) both fit. False: DEPTH
-    # independent blocks (+9.46M).
+    # Apply one block DEPTH times (weight tying): fits the paper's parameter count (+3.15M, the
+    # weights of one block); its FLOPs do not tell tied from untied blocks. False: DEPTH
+    # independent blocks (+9.46M; configs/Propot/ablations/ipp_untied_blocks.yml).
     _C.MODEL.PROPOT.IPP.TIE_BLOCKS = True
     # CAD queries: "initial" (pt, as printed in eqs. 3-4) or "adapted" (the DPP output p_a).
     _C.MODEL.PROPOT.IPP.QUERY = "initial"
@@ -106,5 +106,7 @@ def add_propot_config(cfg: CN) -> None:
     # Use the log-probability (InfoNCE form); False: the probability, as eqs. (11)-(12) print.
     _C.MODEL.PROPOT.LOSS.P2I_LOG = True
     # Over the identities with instances in the batch: "mean", or "sum" (eq. 10 as printed; its
-    # scale grows with the number of identities per batch, about 55 at batch 64).
+    # scale grows with the number of identities per batch: about 63.8 expected at batch 64 on
+    # CUHK-PEDES with the random sampler, so with both modalities lambda_1 = 0.2 would weigh
+    # 2 x 63.8 x 0.2, i.e. about 25.5 InfoNCE terms).
     _C.MODEL.PROPOT.LOSS.P2I_REDUCTION = "mean"

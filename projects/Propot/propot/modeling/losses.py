@@ -15,7 +15,7 @@ def prototype_to_instance_loss(
     pids: torch.Tensor,
     tau: float = 0.02,
     use_log: bool = True,
-    reduction: str = "sum",
+    reduction: str = "mean",
 ) -> torch.Tensor:
     """One modality's term of L_p2i (eq. 11 for images, eq. 12 for texts).
 
@@ -36,7 +36,8 @@ def prototype_to_instance_loss(
         pids: [B] identity labels of the instances.
         tau: temperature.
         use_log: log-probability (True) or probability (False).
-        reduction: ``"sum"`` over the identities with positives (eq. 10) or ``"mean"``.
+        reduction: ``"mean"`` over the identities with positives (the default, as
+            ``MODEL.PROPOT.LOSS.P2I_REDUCTION``) or ``"sum"`` (eq. 10 as printed).
 
     Returns:
         Scalar loss (0, attached to the graph, when no prototype has a positive).

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Optional, Tuple
+import logging
+from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -14,13 +15,19 @@ from .prompting import DomainConditionalPrompting, InstanceConditionalPrompting
 
 __all__ = ["PropotPrototypes"]
 
+logger = logging.getLogger(__name__)
+
 
 class PropotPrototypes(nn.Module):
     """Initial prototypes (frozen buffers), DPP, IPP and the aggregation, for both modalities.
 
     Buffers (saved in checkpoints, never trained): ``initial_v``/``initial_t`` [N, d] = pt^v, pt^t
-    of eq. (1), filled before training by ``PropotInitialPrototypeHook``; ``initialized`` (bool)
-    says whether they have been filled.
+    of eq. (1), filled before training by ``PropotInitialPrototypeHook``; ``initialized`` (bool,
+    0-dim) says whether they have been filled; ``data_fingerprint`` (int64, 0-dim) identifies the
+    training data they were computed from (0: unknown). Loading a state dict whose
+    ``initial_v``/``initial_t`` are missing or of another shape (e.g. a checkpoint trained with
+    another number of identities, whose tensors fast-reid's Checkpointer drops) resets
+    ``initialized``, so that the hook computes them again.
 
     ``forward(ids, v, t)`` returns the final prototypes p^v, p^t [M, d] of identities ``ids``
     (``None``: all N) given the batch's global features V_B, T_B [B, d].
@@ -39,6 +46,7 @@ class PropotPrototypes(nn.Module):
         self.register_buffer("initial_v", torch.zeros(num_ids, dim))
         self.register_buffer("initial_t", torch.zeros(num_ids, dim))
         self.register_buffer("initialized", torch.zeros((), dtype=torch.bool))
+        self.register_buffer("data_fingerprint", torch.zeros((), dtype=torch.int64))
         block = dict(
             heads=c.HEADS, ffn_ratio=c.FFN_RATIO, dropout=c.DROPOUT, norm_first=c.NORM_FIRST
         )
@@ -77,8 +85,9 @@ class PropotPrototypes(nn.Module):
         self.aggregation = build_prototype_aggregation(cfg, dim, num_candidates)
 
     @torch.no_grad()
-    def set_initial(self, pt_v: torch.Tensor, pt_t: torch.Tensor) -> None:
-        """Fill the initial prototypes (pt^v, pt^t [N, d]) and mark them initialised."""
+    def set_initial(self, pt_v: torch.Tensor, pt_t: torch.Tensor, fingerprint: int = 0) -> None:
+        """Fill the initial prototypes (pt^v, pt^t [N, d]) and mark them initialised;
+        ``fingerprint``: int64 identifying the training data (``digest_to_fingerprint``)."""
         expected = (self.num_ids, self.dim)
         if tuple(pt_v.shape) != expected or tuple(pt_t.shape) != expected:
             raise ValueError(
@@ -88,6 +97,44 @@ class PropotPrototypes(nn.Module):
         self.initial_v.copy_(pt_v)
         self.initial_t.copy_(pt_t)
         self.initialized.fill_(True)
+        self.data_fingerprint.fill_(int(fingerprint))
+
+    def _load_from_state_dict(
+        self,
+        state_dict: Dict[str, Any],
+        prefix: str,
+        local_metadata: Dict[str, Any],
+        strict: bool,
+        missing_keys: List[str],
+        unexpected_keys: List[str],
+        error_msgs: List[str],
+    ) -> None:
+        """Load as usual, then mark the prototypes uninitialised unless both ``initial_v`` and
+        ``initial_t`` were loaded with shape [N, d]; a state dict without ``data_fingerprint``
+        leaves it 0 (unknown)."""
+        expected = (self.num_ids, self.dim)
+        shapes = {
+            k: tuple(state_dict[prefix + k].shape) if prefix + k in state_dict else None
+            for k in ("initial_v", "initial_t")
+        }
+        loaded_flag = state_dict.get(prefix + "initialized")
+        super()._load_from_state_dict(
+            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+        )
+        with torch.no_grad():
+            if prefix + "data_fingerprint" not in state_dict:
+                self.data_fingerprint.zero_()
+            if any(s != expected for s in shapes.values()):
+                if loaded_flag is not None and bool(loaded_flag):
+                    logger.warning(
+                        "%sinitial_v/initial_t of the loaded state dict are %s, the model needs "
+                        "%s: the initial prototypes are marked uninitialised and will be "
+                        "recomputed by PropotInitialPrototypeHook",
+                        prefix,
+                        {k: v if v is not None else "missing" for k, v in shapes.items()},
+                        expected,
+                    )
+                self.initialized.fill_(False)
 
     def forward(
         self, ids: Optional[torch.Tensor], v: torch.Tensor, t: torch.Tensor

@@ -19,6 +19,10 @@ from fastreid_ext.data.synthetic import write_synthetic_dataset  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 TOOLS = REPO / "tools"
+# train_net.py flags for two gloo processes on CPU
+TWO_GLOO_RANKS = ["--num-gpus", "2", "--dist-url", "auto"]
+# the "learns far above chance" data: 100 training, 10 val and LEARN_TEST_IDS test identities
+LEARN_TEST_IDS, LEARN_IMAGES_PER_ID = 40, 4
 
 
 @pytest.fixture(scope="session")
@@ -34,6 +38,22 @@ def synthetic_root(tmp_path_factory) -> str:
         seed=0,
         image_size=(64, 32),
         split_counts=(24, 4, 8),
+    )
+    return str(root)
+
+
+@pytest.fixture(scope="session")
+def learn_root(tmp_path_factory) -> str:
+    """Synthetic CUHK-PEDES tree on which the demo recipes must learn far above chance."""
+    root = tmp_path_factory.mktemp("learn")
+    write_synthetic_dataset(
+        str(root),
+        "cuhk",
+        num_ids=150,
+        images_per_id=LEARN_IMAGES_PER_ID,
+        captions_per_image=2,
+        seed=1,
+        split_counts=(100, 10, LEARN_TEST_IDS),
     )
     return str(root)
 

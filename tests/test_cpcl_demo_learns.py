@@ -9,26 +9,10 @@ import numpy as np
 import pytest
 
 from cpcl.diagnostics import clustering_scores
-from fastreid_ext.data.synthetic import write_synthetic_dataset
 
-from .conftest import REPO, run_train_net
+from .conftest import LEARN_IMAGES_PER_ID, LEARN_TEST_IDS, REPO, run_train_net
 
-NUM_TEST_IDS, IMAGES_PER_ID = 40, 4
-
-
-@pytest.fixture(scope="module")
-def learn_root(tmp_path_factory) -> str:
-    root = tmp_path_factory.mktemp("cpcl_learn")
-    write_synthetic_dataset(
-        str(root),
-        "cuhk",
-        num_ids=150,
-        images_per_id=IMAGES_PER_ID,
-        captions_per_image=2,
-        seed=1,
-        split_counts=(100, 10, NUM_TEST_IDS),
-    )
-    return str(root)
+NUM_TEST_IDS, IMAGES_PER_ID = LEARN_TEST_IDS, LEARN_IMAGES_PER_ID
 
 
 def test_cpcl_demo_learns_without_identity_labels(learn_root, tmp_path):

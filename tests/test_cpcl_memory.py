@@ -167,6 +167,7 @@ def _rank_main(rank: int, world: int, init_file: str, out_dir: str) -> None:
         out["error"] = f"{type(exc).__name__}: {exc}"
     out["shared"] = run_on_main_and_share(lambda: ("labels of rank", dist.get_rank()), "ok")
     torch.save(out, os.path.join(out_dir, f"pmm_rank{rank}.pt"))
+    dist.barrier()  # no rank tears gloo down while the other still talks to it
     dist.destroy_process_group()
 
 

@@ -20,7 +20,7 @@ from fastreid_ext.engine.checkpoint import load_for_inference
 from fastreid_ext.engine.trainer import build_trainer
 from fastreid_ext.registry import HOOK_REGISTRY
 
-from .conftest import REPO, run_train_net, tiny_opts
+from .conftest import REPO, TWO_GLOO_RANKS, run_train_net, tiny_opts
 
 DEMO = str(REPO / "configs" / "CPCL" / "demo.yml")
 
@@ -189,10 +189,7 @@ def test_two_gloo_ranks_keep_identical_labels_memories_and_weights(synthetic_roo
         [
             "--config-file",
             DEMO,
-            "--num-gpus",
-            "2",
-            "--dist-url",
-            "auto",
+            *TWO_GLOO_RANKS,
             *_opts(synthetic_root, str(out), epochs),
             "CPCL.TRAIN_SET",
             "either",  # outliers of both modalities are dropped: the set changes per epoch

@@ -4,28 +4,9 @@ from __future__ import annotations
 
 import json
 
-import pytest
+from .conftest import LEARN_IMAGES_PER_ID, LEARN_TEST_IDS, REPO, run_train_net
 
-from fastreid_ext.data.synthetic import write_synthetic_dataset
-
-from .conftest import REPO, run_train_net
-
-NUM_TEST_IDS, IMAGES_PER_ID = 40, 4
-
-
-@pytest.fixture(scope="module")
-def learn_root(tmp_path_factory) -> str:
-    root = tmp_path_factory.mktemp("learn")
-    write_synthetic_dataset(
-        str(root),
-        "cuhk",
-        num_ids=150,
-        images_per_id=IMAGES_PER_ID,
-        captions_per_image=2,
-        seed=1,
-        split_counts=(100, 10, NUM_TEST_IDS),
-    )
-    return str(root)
+NUM_TEST_IDS, IMAGES_PER_ID = LEARN_TEST_IDS, LEARN_IMAGES_PER_ID
 
 
 def test_baseline_demo_learns_far_above_chance(learn_root, tmp_path):

@@ -21,7 +21,7 @@ from fastreid_ext.engine.trainer import ExtTrainer
 from fastreid_ext.solver import build_optimizer
 from fastreid_ext.text import ClipTokenizer, mask_tokens
 
-from .conftest import REPO, TOOLS, run_train_net, tiny_opts
+from .conftest import REPO, TOOLS, TWO_GLOO_RANKS, run_train_net, tiny_opts
 from .test_propot_initial_prototypes import NUM_IDS, direct_sums
 
 CONFIGS = REPO / "configs" / "Propot"
@@ -35,10 +35,7 @@ def _two_rank_run(root: str, out, *opts: str) -> None:
         [
             "--config-file",
             DEMO,
-            "--num-gpus",
-            "2",
-            "--dist-url",
-            "auto",
+            *TWO_GLOO_RANKS,
             *tiny_opts(root, str(out), epochs=1),
             "PLUGINS",
             "['propot_probe']",

@@ -67,6 +67,30 @@ def test_optimizer_step_changes_trainable_only():
         assert torch.equal(before[k], after[k]) == k.startswith("frozen."), k
 
 
+@pytest.mark.parametrize("name", ["Adam", "AdamW"])
+def test_fused_adam_matches_the_default_update(name):
+    """SOLVER.FUSED builds torch's fused kernel, and its steps equal the default implementation."""
+    models, opts = [], []
+    for fused in (True, False):
+        cfg = _cfg()
+        cfg.SOLVER.OPT, cfg.SOLVER.FUSED = name, fused
+        cfg.SOLVER.BASE_LR, cfg.SOLVER.WEIGHT_DECAY = 1e-2, 1e-2
+        torch.manual_seed(0)
+        models.append(_Toy())
+        opts.append(build_optimizer(cfg, models[-1]))
+    assert opts[0].defaults["fused"] and not opts[1].defaults["fused"]
+    x = torch.randn(4, 3)
+    for _ in range(3):
+        for model, opt in zip(models, opts):
+            opt.zero_grad()
+            model.head(model.backbone(x)).square().sum().backward()
+            opt.step()
+    for (k, a), b in zip(models[0].state_dict().items(), models[1].state_dict().values()):
+        assert torch.allclose(a, b, atol=1e-6), k
+    torch.manual_seed(0)
+    assert not torch.allclose(models[0].head.weight, _Toy().head.weight, atol=1e-3)  # it moved
+
+
 def test_unknown_optimizer_is_named():
     cfg = _cfg()
     cfg.SOLVER.OPT = "Lamb"

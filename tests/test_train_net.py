@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from .conftest import REPO, run_train_net, tiny_opts
+from .conftest import REPO, TWO_GLOO_RANKS, run_train_net, tiny_opts
 
 DEMO = str(REPO / "configs" / "Baseline" / "demo.yml")
 PLUGINS = str(REPO / "tests" / "plugins")
@@ -123,10 +123,7 @@ def test_out_of_tree_plugin_trains_and_ddp_gloo_keeps_ranks_identical(synthetic_
         [
             "--config-file",
             DEMO,
-            "--num-gpus",
-            "2",
-            "--dist-url",
-            "auto",
+            *TWO_GLOO_RANKS,
             *tiny_opts(synthetic_root, str(out), epochs=2),
             "PLUGINS",
             "['mylab_method']",

@@ -64,10 +64,10 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--no-all-ids", action="store_true", help="skip the all-N-prototypes variant")
     p.add_argument("--threads", type=int, default=1, help="CPU threads")
     p.add_argument(
-        "--fused-adam",
+        "--no-fused-adam",
         action="store_true",
-        help="rebuild every optimizer as torch's fused Adam (the trainer uses the default "
-        "foreach implementation)",
+        help="use torch's default (foreach) Adam instead of the fused kernel the trainer uses "
+        "(SOLVER.FUSED True)",
     )
     return p.parse_args()
 
@@ -85,7 +85,7 @@ def build(args: argparse.Namespace, opts: list) -> tuple:
             "INPUT.SIZE_TRAIN", hw, "INPUT.SIZE_TEST", hw, "MODEL.HEADS.NUM_CLASSES",
             str(args.num_ids), "MODEL.T2I.LOSSES", losses, "SOLVER.IMS_PER_BATCH", str(args.batch),
             # the trainer's mixed precision (SOLVER.AMP.DTYPE bf16 from the config) on CUDA
-            "SOLVER.AMP.ENABLED", str(cuda), *opts,
+            "SOLVER.AMP.ENABLED", str(cuda), "SOLVER.FUSED", str(not args.no_fused_adam), *opts,
         ],
     )  # fmt: skip
     torch.manual_seed(0)
@@ -99,12 +99,6 @@ def build(args: argparse.Namespace, opts: list) -> tuple:
         )
     model.train()
     optimizer = build_optimizer(cfg, model)
-    if args.fused_adam:
-        groups = [
-            {k: v for k, v in g.items() if k not in ("fused", "foreach")}
-            for g in optimizer.param_groups
-        ]
-        optimizer = type(optimizer)(groups, lr=cfg.SOLVER.BASE_LR, fused=True)
     return cfg, model, optimizer, size
 
 
@@ -214,7 +208,7 @@ def main() -> None:
         f"device: {dev}; arch {arch} {size[0]}x{size[1]}, batch {args.batch}, "
         f"N = {args.num_ids} identities, losses {losses}, "
         f"{amp}, "
-        f"{'fused' if args.fused_adam else 'foreach'} Adam; "
+        f"{'foreach' if args.no_fused_adam else 'fused'} Adam; "
         f"{args.rounds} rounds x {args.iters} timed steps (+{args.warmup} warm-up) per variant"
     )
     header = f"{'model':<28}{'ms/step':>10}{'x baseline':>12}{'params (M)':>12}"

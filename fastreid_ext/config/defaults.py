@@ -82,6 +82,10 @@ def add_fastreid_ext_config(cfg: CN) -> None:
     # Adam / AdamW betas and eps (IRRA: eps 1e-3).
     _C.SOLVER.BETAS = (0.9, 0.999)
     _C.SOLVER.EPS = 1e-8
+    # Adam / AdamW implementation: torch's fused kernel (one pass over all parameters; same update
+    # rule, much cheaper for the millions of per-identity parameters of prototype methods) or the
+    # default multi-tensor one. Falls back to the default where fused is unsupported.
+    _C.SOLVER.FUSED = True
     # Parameters whose names start with one of these prefixes are "pretrained" and get BASE_LR;
     # every other trainable parameter is a "new module" and gets BASE_LR * NEW_MODULE_LR_FACTOR.
     _C.SOLVER.PRETRAINED_PREFIXES = ["backbone."]

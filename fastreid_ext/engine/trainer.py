@@ -120,7 +120,15 @@ class ExtTrainer(DefaultTrainer):
             )
             pid_offset += data.num_train_pids
             image_offset += data.num_train_images
-        return TextImageTrainSet(
+        return cls.text_image_train_set(cfg, pairs)
+
+    @staticmethod
+    def text_image_train_set(
+        cfg: CfgNode, pairs: List[Any], set_cls: type = TextImageTrainSet
+    ) -> Dataset:
+        """``set_cls(pairs, ...)`` with the training transforms, the CLIP tokenizer and MLM
+        inputs when ``INPUT.TEXT.MLM`` or the MLM loss asks for them."""
+        return set_cls(
             pairs,
             build_image_transforms(cfg, is_train=True),
             ClipTokenizer(cfg.MODEL.CLIP.CONTEXT_LENGTH),

@@ -68,7 +68,15 @@ def build_optimizer(cfg: CfgNode, model: nn.Module) -> torch.optim.Optimizer:
     name = solver.OPT
     if name in ("Adam", "AdamW"):
         opt_cls = getattr(torch.optim, name)
-        optimizer = opt_cls(groups, lr=solver.BASE_LR, betas=tuple(solver.BETAS), eps=solver.EPS)
+        kwargs = dict(lr=solver.BASE_LR, betas=tuple(solver.BETAS), eps=solver.EPS)
+        optimizer = None
+        if solver.FUSED:
+            try:
+                optimizer = opt_cls(groups, fused=True, **kwargs)
+            except (RuntimeError, TypeError, ValueError) as err:  # e.g. a device without the kernel
+                logger.info("SOLVER.FUSED: fused %s unavailable (%s); using the default", name, err)
+        if optimizer is None:
+            optimizer = opt_cls(groups, **kwargs)
     elif name == "SGD":
         optimizer = torch.optim.SGD(
             groups, lr=solver.BASE_LR, momentum=solver.MOMENTUM, nesterov=solver.NESTEROV

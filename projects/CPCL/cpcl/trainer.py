@@ -6,10 +6,8 @@ from typing import Any, List
 
 from fastreid.config import CfgNode
 
-from fastreid_ext.data.transforms import build_image_transforms
 from fastreid_ext.engine.trainer import ExtTrainer
 from fastreid_ext.registry import TRAINER_REGISTRY
-from fastreid_ext.text.tokenizer import ClipTokenizer
 
 from .data import CPCLTrainSet, build_weak_pairs
 
@@ -24,13 +22,7 @@ class CPCLTrainer(ExtTrainer):
 
     @classmethod
     def build_train_set(cls, cfg: CfgNode) -> CPCLTrainSet:
-        return CPCLTrainSet(
-            build_weak_pairs(cfg),
-            build_image_transforms(cfg, is_train=True),
-            ClipTokenizer(cfg.MODEL.CLIP.CONTEXT_LENGTH),
-            mlm=cfg.INPUT.TEXT.MLM or "MLM" in cfg.MODEL.T2I.LOSSES,
-            mlm_prob=cfg.INPUT.TEXT.MLM_PROB,
-        )
+        return cls.text_image_train_set(cfg, build_weak_pairs(cfg), CPCLTrainSet)
 
     @classmethod
     def num_train_classes(cls, cfg: CfgNode) -> int:

@@ -123,6 +123,13 @@ def test_resume_restores_pseudo_labels_and_memories_exactly(synthetic_root, tmp_
     assert torch.equal(ha.text_memory.features, hook.text_memory.features)
     assert full._last_eval_results == resumed._last_eval_results
 
+    # the per-epoch record file keeps one line per clustering across the interrupted run and the
+    # resume, and a rerun into the same folder replaces its records instead of appending
+    _trainer(_opts(synthetic_root, str(tmp_path / "full"), 1, *extra)).train()
+    for folder in ("full", "resumed"):
+        lines = (tmp_path / folder / "cpcl_pseudo_labels.jsonl").read_text().splitlines()
+        assert [json.loads(x)["epoch"] for x in lines] == [0], folder
+
     # evaluation of the final checkpoint needs neither memories nor pseudo labels
     cfg = resumed.cfg
     model = CPCLTrainer.build_model(cfg)

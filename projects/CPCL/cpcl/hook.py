@@ -218,8 +218,16 @@ class CPCLPseudoLabelHook(HookBase):
                     storage.put_scalar(f"cpcl/{key}", float(value), smoothing_hint=False)
         if self.cfg.OUTPUT_DIR:
             os.makedirs(self.cfg.OUTPUT_DIR, exist_ok=True)
-            with open(self.log_path, "a") as f:
-                f.write(json.dumps(record, default=float) + "\n")
+            # one line per epoch: a rerun or a resumed run replaces the records of this epoch and
+            # later ones instead of appending after them
+            kept = []
+            if os.path.isfile(self.log_path):
+                with open(self.log_path) as f:
+                    kept = [
+                        ln for ln in f if ln.strip() and json.loads(ln)["epoch"] < record["epoch"]
+                    ]
+            with open(self.log_path, "w") as f:
+                f.writelines(kept + [json.dumps(record, default=float) + "\n"])
 
     # ------------------------------------------------------------------ steps
     def after_step(self) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from typing import Iterator, List, Sequence
 
 import numpy as np
@@ -9,7 +10,7 @@ import numpy as np
 __all__ = ["EpochBatchSampler", "RandomEpochBatchSampler", "InferenceBatchSampler"]
 
 
-class EpochBatchSampler:
+class EpochBatchSampler(ABC):
     """Base class: yields this rank's share of every global batch of one epoch.
 
     ``total_batch_size`` is the batch summed over ranks; each rank receives
@@ -45,9 +46,9 @@ class EpochBatchSampler:
     def _rng(self) -> np.random.Generator:
         return np.random.default_rng([self.seed, self.epoch])
 
+    @abstractmethod
     def global_batches(self) -> List[np.ndarray]:
         """All global batches of the current epoch (identical on every rank)."""
-        raise NotImplementedError
 
     def __iter__(self) -> Iterator[List[int]]:
         lo, hi = self.rank * self.batch_size, (self.rank + 1) * self.batch_size

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from typing import Dict, Type
 
 import torch
@@ -20,7 +21,7 @@ __all__ = [
 ]
 
 
-class PrototypeAggregation(nn.Module):
+class PrototypeAggregation(nn.Module, ABC):
     """Base: ``p_i = [pt_i if residual] + sum_k w_k,i p_k,i`` over the candidate prototypes
     (p_a, p_en, p_eo, those enabled). Subclasses define the weights ``w`` [M, n]. Computed in
     float32 (autocast off): raw dot products of summed CLIP features are large.
@@ -32,10 +33,10 @@ class PrototypeAggregation(nn.Module):
         super().__init__()
         self.residual = residual
 
+    @abstractmethod
     def weights(self, pt: torch.Tensor, cands: torch.Tensor, modality: int) -> torch.Tensor:
         """``pt`` [M, d], ``cands`` [n, M, d] (float32), ``modality`` 0 = visual, 1 = textual
         -> weights [M, n]."""
-        raise NotImplementedError
 
     def forward(self, pt: torch.Tensor, cands: torch.Tensor, modality: int) -> torch.Tensor:
         """``pt`` [M, d] initial prototypes, ``cands`` [n, M, d] candidates -> [M, d]."""

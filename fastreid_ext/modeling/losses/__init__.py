@@ -2,6 +2,6 @@
 
 from .identity import identity_loss
 from .mlm import mlm_loss
-from .sdm import sdm_loss
+from .sdm import sdm_loss, similarity_distribution_matching
 
-__all__ = ["identity_loss", "mlm_loss", "sdm_loss"]
+__all__ = ["identity_loss", "mlm_loss", "sdm_loss", "similarity_distribution_matching"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-__all__ = ["sdm_loss"]
+__all__ = ["sdm_loss", "similarity_distribution_matching"]
 
 
 def _check_pair_batch(
@@ -55,11 +55,25 @@ def sdm_loss(
     t = F.normalize(text_feats.float(), dim=1)
     sim_i2t = v @ t.t() / tau  # [B, B]
 
-    same = (pids.view(-1, 1) == pids.view(1, -1)).float()
-    log_q = torch.log(same / same.sum(dim=1, keepdim=True) + eps)  # symmetric labels: one q
+    same = pids.view(-1, 1) == pids.view(1, -1)
+    return similarity_distribution_matching(sim_i2t, sim_i2t.t(), same, eps)
 
-    loss = sim_i2t.new_zeros(())
-    for logits in (sim_i2t, sim_i2t.t()):
+
+def similarity_distribution_matching(
+    i2t_logits: torch.Tensor, t2i_logits: torch.Tensor, positives: torch.Tensor, eps: float = 1e-8
+) -> torch.Tensor:
+    """``sum over both directions of mean_i KL(softmax_j(logits_ij) || q_i)`` with
+    ``q_ij = y_ij / sum_k y_ik``: the matching core shared by SDM and CPCL's ICPM.
+
+    Args:
+        i2t_logits, t2i_logits: ``[B, B]`` image-to-text and text-to-image logits.
+        positives: ``[B, B]`` symmetric bool (or 0/1) matrix ``y`` with at least one positive per row.
+        eps: added to ``q`` inside the logarithm.
+    """
+    y = positives.float()
+    log_q = torch.log(y / y.sum(dim=1, keepdim=True) + eps)  # symmetric labels: one q
+    loss = i2t_logits.new_zeros(())
+    for logits in (i2t_logits, t2i_logits):
         log_p = F.log_softmax(logits, dim=1)
         loss = loss + (log_p.exp() * (log_p - log_q)).sum(dim=1).mean()
     return loss

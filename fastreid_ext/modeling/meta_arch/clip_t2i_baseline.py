@@ -112,11 +112,14 @@ class ClipTextImageBaseline(nn.Module):
                 self.classifier(v.float()), self.classifier(t.float()), pids
             )
         if "MLM" in self.loss_names:
-            if "mlm_ids" not in batch:
-                raise KeyError("MODEL.T2I.LOSSES has MLM but the batch has no 'mlm_ids'")
-            masked = self.backbone.encode_text_tokens(batch["mlm_ids"].to(self.device))
-            scores = self.mlm_head(masked.tokens, feats["image"].tokens)
-            out["loss_mlm"] = self.mlm_weight * mlm_loss(
-                scores, batch["mlm_labels"].to(self.device)
-            )
+            out["loss_mlm"] = self.masked_language_loss(feats, batch)
         return out
+
+    def masked_language_loss(self, feats: Dict[str, Any], batch: Dict[str, Any]) -> torch.Tensor:
+        """Weighted MLM loss: the masked captions ``batch["mlm_ids"]`` [B, L] are encoded, the MLM
+        head attends to ``feats["image"].tokens`` [B, T, D] and predicts ``mlm_labels`` [B, L]."""
+        if "mlm_ids" not in batch:
+            raise KeyError("MODEL.T2I.LOSSES has MLM but the batch has no 'mlm_ids'")
+        masked = self.backbone.encode_text_tokens(batch["mlm_ids"].to(self.device))
+        scores = self.mlm_head(masked.tokens, feats["image"].tokens)
+        return self.mlm_weight * mlm_loss(scores, batch["mlm_labels"].to(self.device))

@@ -10,6 +10,8 @@ from typing import Dict, Optional
 import torch
 import torch.nn.functional as F
 
+from fastreid_ext.modeling.losses import similarity_distribution_matching
+
 __all__ = ["PCM_MODES", "ICPM_POSITIVES", "pcm_loss", "icpm_positives", "icpm_loss", "hcm_losses"]
 
 PCM_MODES = ("hybrid", "intra", "cross")
@@ -134,13 +136,7 @@ def icpm_loss(
     else:
         i2t = v @ F.normalize(t, dim=1).t()
         t2i = t @ F.normalize(v, dim=1).t()
-    y = positives.float()
-    log_q = torch.log(y / y.sum(dim=1, keepdim=True) + eps)
-    loss = i2t.new_zeros(())
-    for logits in (i2t, t2i):
-        log_p = F.log_softmax(logits, dim=1)
-        loss = loss + (log_p.exp() * (log_p - log_q)).sum(dim=1).mean()
-    return loss
+    return similarity_distribution_matching(i2t, t2i, positives, eps)
 
 
 def hcm_losses(

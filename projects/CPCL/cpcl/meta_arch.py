@@ -8,7 +8,6 @@ import torch
 from fastreid.config import CfgNode
 from fastreid.modeling.meta_arch import META_ARCH_REGISTRY
 
-from fastreid_ext.modeling.losses import mlm_loss
 from fastreid_ext.modeling.memory import PrototypicalMemory
 from fastreid_ext.modeling.meta_arch.clip_t2i_baseline import ClipTextImageBaseline
 
@@ -91,13 +90,7 @@ class CPCLT2I(ClipTextImageBaseline):
         """
         out: Dict[str, torch.Tensor] = {}
         if "MLM" in self.loss_names:  # label-free, as in the baseline
-            if "mlm_ids" not in batch:
-                raise KeyError("MODEL.T2I.LOSSES has MLM but the batch has no 'mlm_ids'")
-            masked = self.backbone.encode_text_tokens(batch["mlm_ids"].to(self.device))
-            scores = self.mlm_head(masked.tokens, feats["image"].tokens)
-            out["loss_mlm"] = self.mlm_weight * mlm_loss(
-                scores, batch["mlm_labels"].to(self.device)
-            )
+            out["loss_mlm"] = self.masked_language_loss(feats, batch)
         v, t = feats["image"].global_feat, feats["text"].global_feat
         yv = batch["image_labels"].to(self.device)
         yt = batch["text_labels"].to(self.device)

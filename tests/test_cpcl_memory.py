@@ -12,8 +12,8 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn.functional as F
 
-from cpcl.hook import run_on_main_and_share
 from cpcl.pmm import PMM_MODES, update_memories
+from fastreid_ext.engine.distributed import run_on_main_and_share
 from fastreid_ext.modeling.memory import PrototypicalMemory, cluster_centroids
 
 

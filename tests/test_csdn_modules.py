@@ -247,6 +247,9 @@ def test_phase_plan_and_schedules():
     plan = PhasePlan(cfg)
     assert plan.starts == (0, 10, 16) and plan.total == 36
     assert [plan.phase_of(e) for e in (0, 9, 10, 15, 16, 35)] == [0, 0, 1, 1, 2, 2]
+    # evaluation: every period of phase-3 epochs from its start, and after the last epoch
+    assert [e for e in range(36) if plan.is_eval_epoch(e, 3)] == [18, 21, 24, 27, 30, 33, 35]
+    assert [e for e in range(36) if plan.is_eval_epoch(e, 0)] == [35]
     timm = TimmCosineSchedule(3e-4, 60, 5, 1e-5, 1e-6)
     assert timm.factor(0) * 3e-4 == pytest.approx(1e-5)
     assert timm.factor(5) * 3e-4 == pytest.approx(
@@ -290,3 +293,20 @@ def test_inference_features_and_vit_variant():
     assert vit.image_encoder.is_vit and vit.head_gem.pool is None
     assert vit.eval()(batch)["image_feats"].shape[1] == vit.head_gem.bn.num_features + proj
     assert set(vit.train()(_image_batch())) >= {"loss_id", "loss_hse_ir"}
+
+
+def test_phase3_optimizer_gives_both_heads_twice_the_lr_biases_included():
+    """The authors' phase-3 Adam: every parameter of the two classifier heads (GeM p, BN weight
+    and bias, classifier) at 2 x 3e-4, the image encoder at 3e-4, weight decay 5e-4 throughout."""
+    cfg = _cfg("SOLVER.BASE_LR", "3e-4")  # Base-CSDN.yml's (the demo trains faster)
+    model = build_model(cfg)
+    optimizer = CSDNPhasedTrainer.phase_optimizer(cfg, model, PHASES.index("image"))
+    got = {
+        n: (g["lr"], g["weight_decay"]) for g in optimizer.param_groups for n in g["param_names"]
+    }
+    heads = {n: v for n, v in got.items() if n.startswith(("head_gem.", "head_proj."))}
+    assert {"head_gem.bn.bias", "head_proj.bn.bias", "head_gem.classifier.weight"} <= set(heads)
+    assert all(v == pytest.approx((6e-4, 5e-4)) for v in heads.values()), heads
+    encoder = {n: v for n, v in got.items() if n.startswith("image_encoder.")}
+    assert encoder and all(v == pytest.approx((3e-4, 5e-4)) for v in encoder.values())
+    assert set(got) == set(heads) | set(encoder)

@@ -42,7 +42,9 @@ def test_param_groups_pretrained_new_bias():
     assert groups["pretrained/weight"]["lr"] == pytest.approx(1e-5)
     assert groups["pretrained/bias"]["lr"] == pytest.approx(2e-5)
     assert groups["new/weight"]["lr"] == pytest.approx(1e-4)
-    assert groups["new/bias"]["lr"] == pytest.approx(2e-4)
+    # IRRA: a new module's bias gets BASE_LR * BIAS_LR_FACTOR (the bias factor replaces the
+    # new-module factor), not both factors
+    assert groups["new/bias"]["lr"] == pytest.approx(2e-5)
     assert groups["new/bias"]["weight_decay"] == 0.0
     assert groups["new/weight"]["weight_decay"] == pytest.approx(4e-5)
     names = sum((g["param_names"] for g in groups.values()), [])

@@ -10,6 +10,7 @@ from fastreid.engine.train_loop import HookBase
 from fastreid_ext.data.text_image import TextImageTrainSet
 from fastreid_ext.engine import build_cfg
 from fastreid_ext.engine.trainer import ExtTrainer
+from fastreid_ext.engine.writers import TrainerMetricPrinter
 from fastreid_ext.registry import HOOK_REGISTRY
 
 from .conftest import REPO, tiny_opts
@@ -63,9 +64,12 @@ def test_hook_changes_training_set_between_epochs(synthetic_root, tmp_path):
     assert trainer.iter == sum(hook.steps.values()) == trainer.max_iter
     # the console printer's ETA follows the new max_iter (fast-reid's fixes it at build time)
     printers = [
-        w for h in trainer._hooks for w in getattr(h, "_writers", []) if hasattr(w, "_max_iter")
+        w
+        for h in trainer._hooks
+        for w in getattr(h, "_writers", [])
+        if isinstance(w, TrainerMetricPrinter)
     ]
-    assert printers and all(p._max_iter == trainer.max_iter < full // batch * 3 for p in printers)
+    assert printers and all(p.max_iter == trainer.max_iter < full // batch * 3 for p in printers)
     # epoch-based LR: warm-up factor 0.1 at epoch 0, full LR at epoch 1 (1 warm-up epoch)
     base = cfg.SOLVER.BASE_LR
     assert abs(hook.lrs[0] - 0.1 * base) < 1e-12 and abs(hook.lrs[1] - base) < 1e-12

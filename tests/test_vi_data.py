@@ -141,7 +141,7 @@ def test_dataset_errors_name_the_file(tmp_path, vi_root):
     bad = tmp_path / "SYSU-MM01" / "exp"
     bad.mkdir(parents=True)
     (bad / "train_id.txt").write_text("1,2,x3\n")
-    with pytest.raises(VIDatasetError, match=r"train_id.txt: 'x3'"):
+    with pytest.raises(VIDatasetError, match=r"train_id.txt line 1: 'x3'"):
         SYSUMM01CrossModal(str(tmp_path))
     idx = tmp_path / "RegDB" / "idx"
     idx.mkdir(parents=True)

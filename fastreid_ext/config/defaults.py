@@ -87,9 +87,15 @@ def add_fastreid_ext_config(cfg: CN) -> None:
     # default multi-tensor one. Falls back to the default where fused is unsupported.
     _C.SOLVER.FUSED = True
     # Parameters whose names start with one of these prefixes are "pretrained" and get BASE_LR;
-    # every other trainable parameter is a "new module" and gets BASE_LR * NEW_MODULE_LR_FACTOR.
+    # every other trainable parameter is a "new module" and gets BASE_LR * NEW_MODULE_LR_FACTOR
+    # (biases: see CLASSIFIER_KEYWORDS).
     _C.SOLVER.PRETRAINED_PREFIXES = ["backbone."]
     _C.SOLVER.NEW_MODULE_LR_FACTOR = 1.0
+    # New-module parameters with a name component containing one of these train at
+    # BASE_LR * NEW_MODULE_LR_FACTOR, biases included (IRRA's "classifier"/"mlm_head" rule); other
+    # biases get BASE_LR * BIAS_LR_FACTOR, which replaces the new-module factor (see
+    # fastreid_ext/solver/optimizer.py for the whole table).
+    _C.SOLVER.CLASSIFIER_KEYWORDS = ["classifier", "mlm_head"]
     # Warm-up length in epochs (may be fractional); WARMUP_FACTOR is the starting LR factor.
     _C.SOLVER.WARMUP_EPOCHS = 0.0
     # Scheduler granularity: "epoch" (LR constant inside an epoch, IRRA) or "iter".

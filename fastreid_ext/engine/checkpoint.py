@@ -1,15 +1,18 @@
-"""Loading a trained checkpoint for evaluation, with clear errors for wrong files."""
+"""Checkpoints: the training checkpointer (atomic saves, safe loads) and loading for evaluation."""
 
 from __future__ import annotations
 
 import logging
 import os
-from typing import Dict, Tuple
+from typing import Any, Callable, Dict, List, Tuple
 
 import torch
+from fastreid.utils.checkpoint import Checkpointer
 from torch import nn
 
-__all__ = ["load_for_inference", "read_checkpoint"]
+from ..utils.atomic_io import atomic_torch_save, atomic_write_text, remove_stale_temporaries
+
+__all__ = ["ExtCheckpointer", "load_for_inference", "read_checkpoint"]
 
 logger = logging.getLogger(__name__)
 
@@ -74,3 +77,81 @@ def load_for_inference(model: nn.Module, path: str, key: str = "MODEL.WEIGHTS") 
     loadable = {k: v for k, v in state.items() if k in own and k not in mismatched}
     model.load_state_dict(loadable, strict=False)
     logger.info("Loaded %d tensors from %s", len(loadable), path)
+
+
+class ExtCheckpointer(Checkpointer):
+    """fast-reid's ``Checkpointer`` whose files a later run can always trust.
+
+    * :meth:`save` writes ``<name>.pth`` to a temporary file, flushes and renames it, and only then
+      re-points ``last_checkpoint`` (also written atomically): a process killed mid-save leaves the
+      previous checkpoint and the previous pointer intact, never a truncated file behind the
+      pointer. :meth:`remove_stale_temporaries` deletes what such a kill leaves behind.
+    * Loads use ``torch.load(weights_only=True)`` and name the file on failure.
+    * A training-init ``MODEL.WEIGHTS`` may be a plain state dict (``{name: tensor}``) instead of a
+      checkpoint with a ``"model"`` entry.
+    * Callbacks registered with :meth:`add_save_callback` run after every completed save (e.g. to
+      delete caches that the new checkpoint makes obsolete).
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._save_callbacks: List[Callable[[str], None]] = []
+
+    def add_save_callback(self, fn: Callable[[str], None]) -> None:
+        """Call ``fn(path)`` after each checkpoint has been written completely."""
+        self._save_callbacks.append(fn)
+
+    def save(self, name: str, **kwargs: Any) -> None:
+        if not self.save_dir or not self.save_to_disk:
+            return
+        data: Dict[str, Any] = {"model": self.model.state_dict()}
+        for key, obj in self.checkpointables.items():
+            data[key] = obj.state_dict()
+        data.update(kwargs)
+        basename = f"{name}.pth"
+        path = os.path.join(self.save_dir, basename)
+        self.logger.info("Saving checkpoint to %s", path)
+        atomic_torch_save(data, path)
+        self.tag_last_checkpoint(basename)
+        for fn in self._save_callbacks:
+            fn(path)
+
+    def tag_last_checkpoint(self, last_filename_basename: str) -> None:
+        atomic_write_text(os.path.join(self.save_dir, "last_checkpoint"), last_filename_basename)
+
+    def get_checkpoint_file(self) -> str:
+        """The file ``last_checkpoint`` names; an error if it names a file that is gone."""
+        path = super().get_checkpoint_file()
+        if path and not os.path.isfile(path):
+            raise FileNotFoundError(
+                f"{os.path.join(self.save_dir, 'last_checkpoint')} names '{path}', which does not "
+                "exist: restore that file or delete 'last_checkpoint' to start from scratch"
+            )
+        return path
+
+    def remove_stale_temporaries(self) -> List[str]:
+        """Delete temporary files of interrupted saves in ``save_dir`` (main process, at start)."""
+        if not self.save_to_disk:
+            return []
+        return remove_stale_temporaries(self.save_dir)
+
+    def _load_file(self, f: str) -> Dict[str, Any]:
+        try:
+            ckpt = torch.load(f, map_location=torch.device("cpu"), weights_only=True)
+        except Exception as exc:  # re-raised with the file name
+            raise RuntimeError(
+                f"Cannot load checkpoint '{f}' with weights_only=True: {exc}. fastreid_ext "
+                "checkpoints hold only tensors and plain Python values; is this file a checkpoint "
+                "written by fast-reid / fastreid_ext?"
+            ) from exc
+        if not isinstance(ckpt, dict):
+            raise ValueError(f"Checkpoint '{f}' holds a {type(ckpt).__name__}, not a dict")
+        if "model" not in ckpt:
+            if ckpt and all(isinstance(v, torch.Tensor) for v in ckpt.values()):
+                self.logger.info("'%s' is a plain state dict: loading it as the model weights", f)
+                return {"model": ckpt}
+            raise KeyError(
+                f"Checkpoint '{f}' has no 'model' entry and is not a plain state dict "
+                f"(top-level keys: {sorted(map(str, ckpt))[:10]})"
+            )
+        return ckpt

@@ -11,6 +11,7 @@ from typing import Any, Optional
 from fastreid.utils import comm
 
 from ..registry import TRAINER_REGISTRY, lookup
+from ..utils.atomic_io import atomic_json_dump
 from .checkpoint import load_for_inference
 from .setup import setup_cfg
 from .trainer import build_trainer
@@ -35,6 +36,9 @@ def main(args: argparse.Namespace) -> Optional[Any]:
     trainer = build_trainer(cfg)
     trainer.resume_or_load(resume=args.resume)
     results = trainer.train()
+    if results:
+        # the last evaluation's metrics at the top level (as before), plus the best one
+        results = dict(results, best=trainer.best_record())
     _save_results(cfg.OUTPUT_DIR, "results.json", results)
     return results
 
@@ -43,7 +47,5 @@ def _save_results(output_dir: str, name: str, results: Any) -> None:
     """Write the final metrics (main process) to ``OUTPUT_DIR/name`` for scripts and summaries."""
     if not comm.is_main_process() or not output_dir or not results:
         return
-    os.makedirs(output_dir, exist_ok=True)
-    with open(os.path.join(output_dir, name), "w") as f:
-        json.dump(results, f, indent=2, default=float)
+    atomic_json_dump(results, os.path.join(output_dir, name))
     logger.info("Final results (%s): %s", name, json.dumps(results, default=float))

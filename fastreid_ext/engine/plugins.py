@@ -7,11 +7,36 @@ import logging
 from importlib.metadata import entry_points
 from typing import Iterable
 
-__all__ = ["ENTRY_POINT_GROUP", "load_plugins", "load_entry_point_plugins"]
+__all__ = [
+    "ENTRY_POINT_GROUP",
+    "load_plugins",
+    "load_entry_point_plugins",
+    "loaded_plugin_packages",
+]
 
 logger = logging.getLogger(__name__)
 
 ENTRY_POINT_GROUP = "fastreid_ext.plugins"
+# Packages whose loggers fastreid/fastreid_ext configure themselves.
+_OWN_PACKAGES = ("fastreid", "fastreid_ext")
+# Every plugin module imported by this process, in import order.
+_loaded: list[str] = []
+
+
+def _remember(module: str) -> None:
+    if module not in _loaded:
+        _loaded.append(module)
+
+
+def loaded_plugin_packages() -> list[str]:
+    """Top-level packages of every plugin imported so far (``csdn`` for ``csdn`` or
+    ``csdn.trainer:X``), without fastreid's and ours: their loggers need a handler of their own."""
+    packages: list[str] = []
+    for module in _loaded:
+        top = module.split(":", 1)[0].split(".", 1)[0].strip()
+        if top and top not in _OWN_PACKAGES and top not in packages:
+            packages.append(top)
+    return packages
 
 
 def load_entry_point_plugins() -> list[str]:
@@ -26,6 +51,7 @@ def load_entry_point_plugins() -> list[str]:
                 f"import: {exc}"
             ) from exc
         loaded.append(ep.value)
+        _remember(ep.value)
     return loaded
 
 
@@ -42,6 +68,7 @@ def load_plugins(modules: Iterable[str] = ()) -> list[str]:
         except ImportError as exc:
             raise ImportError(f"PLUGINS entry '{name}' could not be imported: {exc}") from exc
         loaded.append(name)
+        _remember(name)
     if loaded:
         logger.info("Loaded plugins: %s", ", ".join(loaded))
     return loaded

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import argparse
 import ast
+import contextlib
 import logging
 import os
 import random
-from typing import List, Optional, Sequence
+from typing import Iterator, List, Optional, Sequence
 
+import fastreid.engine.defaults as fastreid_defaults
 import numpy as np
 import torch
 import yaml
@@ -18,13 +20,16 @@ from fastreid.utils import comm
 from fastreid.utils.logger import setup_logger
 
 from ..config import add_fastreid_ext_config, apply_config_extensions
-from .plugins import load_plugins
+from .abort import ABORT_TIMEOUT_ENV, DEFAULT_ABORT_TIMEOUT
+from .plugins import load_plugins, loaded_plugin_packages
+from .run_info import begin_run_record, earlier_run_files, read_run_info
 
 __all__ = [
     "argument_parser",
     "plugins_from_config_file",
     "build_cfg",
     "setup_cfg",
+    "resolve_seed",
     "seed_everything",
 ]
 
@@ -36,6 +41,14 @@ def argument_parser() -> argparse.ArgumentParser:
     --machine-rank --dist-url`` and trailing ``KEY VALUE`` overrides)."""
     parser = default_argument_parser()
     parser.description = "fastreid_ext training / evaluation (all methods and datasets)"
+    parser.add_argument(
+        "--abort-timeout",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="when one rank of a distributed run fails, every rank ends within about this many "
+        f"seconds (default: ${ABORT_TIMEOUT_ENV}, else {DEFAULT_ABORT_TIMEOUT:g})",
+    )
     return parser
 
 
@@ -97,22 +110,83 @@ def build_cfg(config_file: str = "", opts: Sequence[str] = ()) -> CfgNode:
 
 
 def setup_cfg(args: argparse.Namespace) -> CfgNode:
-    """Build, freeze and ``default_setup`` the config for a run (logging, output dir, seeds)."""
+    """Build, freeze and ``default_setup`` the config for a run (logging, output dir, seeds) and
+    write the run record ``OUTPUT_DIR/run_info.json`` (main process)."""
     cfg = build_cfg(args.config_file, args.opts)
     cfg.freeze()
-    default_setup(cfg, args)
-    # fast-reid configures the "fastreid" logger only; ours log under "fastreid_ext".
-    setup_logger(cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="fastreid_ext")
-    seed_everything(cfg.SEED)
+    # Look before default_setup creates log.txt and config.yaml in OUTPUT_DIR.
+    main_process = comm.is_main_process()
+    earlier = earlier_run_files(cfg.OUTPUT_DIR) if main_process else []
+    previous = read_run_info(cfg.OUTPUT_DIR) if main_process else None
+    with _without_fastreid_seeding():
+        default_setup(cfg, args)
+    setup_package_loggers(cfg.OUTPUT_DIR)
+    if earlier and not getattr(args, "resume", False) and not getattr(args, "eval_only", False):
+        _warn_replacing(cfg.OUTPUT_DIR, earlier, previous)
+    seed = resolve_seed(cfg.SEED)
+    applied = seed_everything(seed)
+    logger.info(
+        "Seed: SEED=%d; rank %d seeds python, numpy and torch with %d (seed + rank)",
+        cfg.SEED,
+        comm.get_rank(),
+        applied,
+    )
+    begin_run_record(cfg, args, seed, previous)
     return cfg
 
 
+@contextlib.contextmanager
+def _without_fastreid_seeding() -> Iterator[None]:
+    """Skip ``default_setup``'s ``seed_all_rng()``: it logs "Using a generated random seed ..."
+    although ``SEED`` is applied right after (:func:`seed_everything`), which reads as if the run
+    were not deterministic."""
+    original = fastreid_defaults.seed_all_rng
+    fastreid_defaults.seed_all_rng = lambda seed=None: None
+    try:
+        yield
+    finally:
+        fastreid_defaults.seed_all_rng = original
+
+
+def setup_package_loggers(output_dir: str) -> None:
+    """Console (rank 0) and ``OUTPUT_DIR/log.txt`` handlers for our logger and for the logger of
+    every loaded plugin's top-level package (``csdn``, ``mylab``, ...): fast-reid configures only
+    "fastreid", so their lines would otherwise go nowhere. Idempotent (``setup_logger`` caches)."""
+    rank = comm.get_rank()
+    for name in ("fastreid_ext", *loaded_plugin_packages()):
+        setup_logger(output_dir, distributed_rank=rank, name=name)
+
+
+def _warn_replacing(output_dir: str, earlier: List[str], previous: Optional[dict]) -> None:
+    started = ""
+    if previous:
+        started = f" (run started {previous.get('start_time')}, {previous.get('status')})"
+    shown = ", ".join(earlier[:8]) + (", ..." if len(earlier) > 8 else "")
+    logger.warning(
+        "OUTPUT_DIR %s already holds an earlier run's files%s: %s. This run replaces them "
+        "(log.txt is appended to). Pass --resume to continue that run, or choose another "
+        "OUTPUT_DIR to keep it.",
+        output_dir,
+        started,
+        shown,
+    )
+
+
+def resolve_seed(seed: int) -> int:
+    """``seed``, or a fresh random seed (logged) when ``seed < 0``."""
+    if seed >= 0:
+        return seed
+    seed = int.from_bytes(os.urandom(4), "little") % (2**31 - 1)
+    logger.info(
+        "SEED < 0: using the generated seed %d (set SEED to it to reproduce this run)", seed
+    )
+    return seed
+
+
 def seed_everything(seed: int, offset: int = 0) -> int:
-    """Seed python, numpy and torch with ``seed + rank + offset`` (a fresh seed if ``seed < 0``)."""
-    if seed < 0:
-        seed = int.from_bytes(os.urandom(4), "little") % (2**31 - 1)
-        logger.info("Using random seed %d", seed)
-    value = (seed + comm.get_rank() + offset) % (2**32 - 1)
+    """Seed python, numpy and torch with ``seed + rank + offset`` (a fresh seed if ``seed < 0``);
+    returns the value used."""
+    value = (resolve_seed(seed) + comm.get_rank() + offset) % (2**32 - 1)
     random.seed(value)
     np.random.seed(value)
     torch.manual_seed(value)

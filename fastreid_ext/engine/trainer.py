@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from collections import OrderedDict
 from typing import Any, Dict, List, Optional
 
@@ -15,10 +16,8 @@ from fastreid.engine.train_loop import TrainerBase
 from fastreid.evaluation.testing import print_csv_format
 from fastreid.modeling.meta_arch import META_ARCH_REGISTRY
 from fastreid.utils import comm
-from fastreid.utils.checkpoint import Checkpointer
-from fastreid.utils.events import CommonMetricPrinter, EventStorage
+from fastreid.utils.events import EventStorage
 from fastreid.utils.logger import setup_logger
-from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import Dataset
 
 from ..data.samplers import EpochBatchSampler
@@ -28,8 +27,11 @@ from ..evaluation.inference import run_inference
 from ..registry import EVALUATOR_REGISTRY, HOOK_REGISTRY, TRAINER_REGISTRY, lookup
 from ..solver import build_lr_schedule, build_optimizer
 from ..text.tokenizer import ClipTokenizer
-from .hooks import EpochCheckpointer, LRScheduleHook, ProgressLogger, TrainerMetricPrinter
+from .checkpoint import ExtCheckpointer
+from .distributed import create_ddp_model
+from .hooks import EpochEndHook, LRScheduleHook, ProgressLogger
 from .step import StepRunner, resolve_amp_dtype
+from .writers import MetricsJSONWriter, TensorboardWriter, TrainerMetricPrinter
 
 __all__ = ["ExtTrainer", "build_trainer"]
 
@@ -65,14 +67,7 @@ class ExtTrainer(DefaultTrainer):
         self.cfg = cfg
         model = self.build_model(cfg)
         optimizer = self.build_optimizer(cfg, model)
-        if comm.get_world_size() > 1:
-            on_cuda = next(model.parameters()).device.type == "cuda"
-            model = DistributedDataParallel(
-                model,
-                device_ids=[comm.get_local_rank()] if on_cuda else None,
-                broadcast_buffers=cfg.TRAINER.BROADCAST_BUFFERS,
-                find_unused_parameters=cfg.TRAINER.FIND_UNUSED_PARAMETERS,
-            )
+        model = create_ddp_model(model, cfg)
         device = torch.device(cfg.MODEL.DEVICE)
         amp_dtype = resolve_amp_dtype(cfg.SOLVER.AMP.ENABLED, cfg.SOLVER.AMP.DTYPE, device)
         if cfg.SOLVER.AMP.ENABLED and amp_dtype is None:
@@ -87,20 +82,37 @@ class ExtTrainer(DefaultTrainer):
         )
         self.schedule = build_lr_schedule(cfg)
         self.scheduler: Dict[str, Any] = {}
-        self.checkpointer = Checkpointer(
+        self.checkpointer = ExtCheckpointer(
             model, cfg.OUTPUT_DIR, save_to_disk=comm.is_main_process(), optimizer=optimizer
         )
+        self.checkpointer.remove_stale_temporaries()
         self.start_epoch = 0
         self.start_iter = 0
         self.epoch_start_iter = 0
         self.max_epoch = cfg.SOLVER.MAX_EPOCH
         self.warmup_iters = 0
         self.delay_epochs = 0
+        self._last_eval_results: Optional[Dict[str, Any]] = None
         self.set_train_set(train_set)
         self.register_hooks(self.build_hooks())
         for hook in self._hooks:
             if hasattr(hook, "state_dict") and hasattr(hook, "load_state_dict"):
                 self.checkpointer.checkpointables[f"hook_{type(hook).__name__}"] = hook
+        self.preflight()
+
+    def preflight(self) -> None:
+        """Resolve everything the run will need after training starts -- every evaluation
+        dataset of ``DATASETS.TESTS`` with its evaluator (``TEST.EVALUATOR``) -- so a typo fails
+        in seconds instead of after the first epoch. Subclasses add their own checks."""
+        if not self.cfg.DATASETS.TESTS:
+            raise ValueError("DATASETS.TESTS is empty: name at least one evaluation dataset")
+        for name in self.cfg.DATASETS.TESTS:
+            try:
+                self.build_evaluator(self.cfg, name)
+            except Exception as exc:
+                raise type(exc)(
+                    f"DATASETS.TESTS entry '{name}' cannot be evaluated: {exc}"
+                ) from exc
 
     # ------------------------------------------------------------------ data
     @classmethod
@@ -184,29 +196,42 @@ class ExtTrainer(DefaultTrainer):
         for name in cfg.TRAINER.HOOKS:
             ret.append(lookup(HOOK_REGISTRY, name, "TRAINER.HOOKS")(cfg, self))
 
-        def test_and_save_results():
-            self._last_eval_results = self.test(self.cfg, self.model)
-            return self._last_eval_results
-
-        ret.append(fr_hooks.EvalHook(cfg.TEST.EVAL_PERIOD, test_and_save_results))
+        metric_key = "metric" if len(cfg.DATASETS.TESTS) == 1 else f"{cfg.DATASETS.TESTS[0]}/metric"
+        self.epoch_end_hook = EpochEndHook(
+            self.checkpointer, cfg.SOLVER.CHECKPOINT_PERIOD, metric_key
+        )
+        ret.append(self.epoch_end_hook)
         if comm.is_main_process():
-            metric_key = (
-                "metric" if len(cfg.DATASETS.TESTS) == 1 else f"{cfg.DATASETS.TESTS[0]}/metric"
-            )
-            ret.append(
-                EpochCheckpointer(
-                    self.checkpointer, cfg.SOLVER.CHECKPOINT_PERIOD, self.max_epoch, metric_key
-                )
-            )
+            # after the epoch-end hook: its evaluation metrics are written at the same epoch end
             ret.append(fr_hooks.PeriodicWriter(self.build_writers(), cfg.TRAINER.LOG_PERIOD))
         return ret
 
     def build_writers(self) -> List[Any]:
-        """fast-reid's writers, with a console printer whose ETA follows a changing ``max_iter``."""
-        writers = super().build_writers()
+        """Console printer (ETA follows a changing ``max_iter``), ``metrics.json`` and
+        TensorBoard writers that write every scalar put into the storage (``engine/writers.py``)."""
+        out = self.cfg.OUTPUT_DIR
         return [
-            TrainerMetricPrinter(self) if type(w) is CommonMetricPrinter else w for w in writers
+            TrainerMetricPrinter(self),
+            MetricsJSONWriter(os.path.join(out, "metrics.json")),
+            TensorboardWriter(out),
         ]
+
+    def is_eval_epoch(self, epoch: int) -> bool:
+        """Whether the model is evaluated after ``epoch`` (0-based): every ``TEST.EVAL_PERIOD``
+        epochs and after the last one (only the last when the period is <= 0)."""
+        period = self.cfg.TEST.EVAL_PERIOD
+        return epoch + 1 >= self.max_epoch or (period > 0 and (epoch + 1) % period == 0)
+
+    def evaluate(self) -> Dict[str, Any]:
+        """Evaluate the model being trained on ``DATASETS.TESTS`` (every rank takes part; the
+        results are returned on the main process)."""
+        self._last_eval_results = self.test(self.cfg, self.model)
+        return self._last_eval_results
+
+    def best_record(self) -> Dict[str, Any]:
+        """The best evaluation so far: ``metric``, ``metric_key``, ``epoch``, ``checkpoint``,
+        ``results`` (empty before the first evaluation); restored by ``--resume``."""
+        return dict(self.epoch_end_hook.best)
 
     # ------------------------------------------------------------------ loop
     def resume_or_load(self, resume: bool = True) -> None:
@@ -247,9 +272,8 @@ class ExtTrainer(DefaultTrainer):
             logger.info(
                 "Training already finished (epoch %d of %d)", self.start_epoch, self.max_epoch
             )
-            if comm.is_main_process():
-                return self.test(self.cfg, self.model)
-            return None
+            results = self.evaluate()  # every rank takes part; the main process gets results
+            return results if comm.is_main_process() else None
         self.iter = self.start_iter
         self.max_iter = self.start_iter + (self.max_epoch - self.start_epoch) * self.iters_per_epoch
         logger.info("Starting training from epoch %d", self.start_epoch)
@@ -275,7 +299,7 @@ class ExtTrainer(DefaultTrainer):
             finally:
                 self.after_train()
         if comm.is_main_process():
-            return getattr(self, "_last_eval_results", None)
+            return self._last_eval_results
         return None
 
     # ------------------------------------------------------------------ evaluation

@@ -16,6 +16,7 @@ from tabulate import tabulate
 
 from ..data.text_image import build_t2i_test_loaders, load_text_image_dataset
 from ..registry import EVALUATOR_REGISTRY
+from ..utils.atomic_io import atomic_open
 from .retrieval_metrics import retrieval_metrics
 
 __all__ = ["TextImageEvaluator"]
@@ -130,7 +131,7 @@ class TextImageEvaluator(DatasetEvaluator):
         q = torch.nn.functional.normalize(queries, dim=1)
         g = torch.nn.functional.normalize(gallery, dim=1)
         path = os.path.join(self.output_dir, f"ranking_{self.dataset_name or 't2i'}.jsonl")
-        with open(path, "w") as f:
+        with atomic_open(path, "w") as f:
             for i in range(topk.shape[0]):
                 ids = topk[i].tolist()
                 scores = (g[ids] @ q[i]).tolist()

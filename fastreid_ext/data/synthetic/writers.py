@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 
+from ...utils.atomic_io import atomic_write_text
 from .attributes import PersonAttributes, sample_identity_attributes
 from .captions import caption_tokens, describe_person
 from .render import encode_jpeg, render_person
@@ -222,8 +223,8 @@ def write_synthetic_dataset(
             captions = [describe_person(attrs, caption_rng) for _ in range(cpi)]
             entries.append(_entry(spec, raw_id, split, rel, captions))
 
-    with open(os.path.join(dataset_dir, spec.annotation), "w", encoding="utf-8") as f:
-        json.dump(entries, f)
+    # written last and atomically: an annotation file means the whole tree is there
+    atomic_write_text(os.path.join(dataset_dir, spec.annotation), json.dumps(entries))
     return dataset_dir
 
 

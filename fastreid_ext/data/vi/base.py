@@ -8,6 +8,8 @@ from typing import List, Sequence
 
 import numpy as np
 
+from ..validation import DatasetFormatError
+
 __all__ = [
     "VISIBLE",
     "INFRARED",
@@ -28,9 +30,10 @@ MODALITY_NAMES = {VISIBLE: "visible", INFRARED: "infrared"}
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp")
 
 
-class VIDatasetError(ValueError):
+class VIDatasetError(DatasetFormatError):
     """A visible-infrared dataset folder or index file does not follow the expected layout; the
-    message names the file or folder."""
+    message names the file or folder and, for entry-level problems, the line or identity. A
+    :class:`~fastreid_ext.data.validation.DatasetFormatError`, as the text-image datasets'."""
 
 
 @dataclass(frozen=True)

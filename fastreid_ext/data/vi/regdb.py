@@ -4,13 +4,20 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import List, Sequence
+from dataclasses import dataclass
+from typing import Dict, List, Sequence, Tuple
 
 import numpy as np
 from fastreid.config import CfgNode
 from fastreid.data.datasets import DATASET_REGISTRY
 from tabulate import tabulate
 
+from ..validation import (
+    check_relative_image_path,
+    find_missing_files,
+    find_split_conflict,
+    missing_file_message,
+)
 from .base import (
     INFRARED,
     VISIBLE,
@@ -21,7 +28,7 @@ from .base import (
     contiguous_labels,
 )
 
-__all__ = ["RegDBCrossModal", "read_index_file", "REGDB_DIRECTIONS"]
+__all__ = ["RegDBCrossModal", "IndexLine", "read_index_lines", "regdb_identity", "REGDB_DIRECTIONS"]
 
 logger = logging.getLogger(__name__)
 
@@ -29,11 +36,41 @@ logger = logging.getLogger(__name__)
 VISIBLE_CAMID, THERMAL_CAMID = 1, 2
 #: Retrieval directions: visible queries against the thermal gallery, and the reverse.
 REGDB_DIRECTIONS = ("v2i", "i2v")
+#: The index files of a trial: (split, modality name, modality, camera id), in reading order.
+INDEX_FILES = (
+    ("train", "visible", VISIBLE, VISIBLE_CAMID),
+    ("train", "thermal", INFRARED, THERMAL_CAMID),
+    ("test", "visible", VISIBLE, VISIBLE_CAMID),
+    ("test", "thermal", INFRARED, THERMAL_CAMID),
+)
 
 
-def read_index_file(path: str, dataset_dir: str, modality: int, camid: int) -> List[VIImage]:
-    """Images of an ``idx/*.txt`` file: one ``<path relative to the dataset folder> <int label>``
-    per line (blank lines skipped). The label becomes the image's pid."""
+@dataclass(frozen=True)
+class IndexLine:
+    """One image line of an ``idx/*.txt`` file.
+
+    Attributes:
+        lineno: line number in the file (1-based).
+        rel: the image path relative to the ``RegDB/`` folder, normalised.
+        label: the integer label written after the path.
+    """
+
+    lineno: int
+    rel: str
+    label: int
+
+
+def read_index_lines(path: str) -> List[IndexLine]:
+    """Image lines of an ``idx/*.txt`` file: ``<path relative to the dataset folder> <int label>``
+    per line (blank lines skipped).
+
+    Paths are normalised with the text-image datasets' rule
+    (:func:`~fastreid_ext.data.validation.check_relative_image_path`): absolute paths and paths
+    that leave ``RegDB/`` anywhere (``../x`` as well as ``Visible/../../x``) are errors.
+
+    Raises:
+        VIDatasetError: naming the file and, for a bad line, its number.
+    """
     if not os.path.isfile(path):
         raise VIDatasetError(f"RegDB index file not found: {path}")
     out = []
@@ -47,13 +84,26 @@ def read_index_file(path: str, dataset_dir: str, modality: int, camid: int) -> L
                     f"{path} line {lineno}: expected '<relative image path> <int label>', got "
                     f"{line.strip()!r}"
                 )
-            rel = parts[0]
-            if os.path.isabs(rel) or rel.replace("\\", "/").startswith("../"):
-                raise VIDatasetError(f"{path} line {lineno}: image path {rel!r} must be relative")
-            out.append(VIImage(os.path.join(dataset_dir, rel), int(parts[1]), camid, modality))
+            try:
+                rel = check_relative_image_path(parts[0], "RegDB/")
+            except ValueError as e:
+                raise VIDatasetError(f"{path} line {lineno}: {e}") from None
+            out.append(IndexLine(lineno, rel, int(parts[1])))
     if not out:
         raise VIDatasetError(f"{path}: no image listed")
     return out
+
+
+def regdb_identity(rel: str) -> str:
+    """The person of an image: its folder below the modality folder (``Visible/172/x.bmp`` and
+    ``Thermal/172/y.bmp`` -> ``"172"``), or the path itself when there is no such folder.
+
+    The labels of the index files cannot serve: they are split-local (each split may number its
+    identities from 0, as the synthetic writer does), so equal train and test labels need not be
+    the same person.
+    """
+    parts = rel.split("/")
+    return "/".join(parts[1:-1]) if len(parts) >= 3 else rel
 
 
 @DATASET_REGISTRY.register()
@@ -67,12 +117,20 @@ class RegDBCrossModal:
     set of the other modality; no sampling, one "trial" per direction. Training labels are the
     index-file labels mapped to ``0..n-1`` in ascending order (identity for the released files,
     whose labels are already contiguous).
+
+    Checks at start-up, with the text-image datasets' rules (errors name the index file and line):
+    image paths stay inside ``RegDB/`` (:func:`read_index_lines`); no person
+    (:func:`regdb_identity`) is in both the training and the test files of the trial; every
+    listed image file exists (``verify_images=False`` skips this, e.g. to read the index files
+    on a machine without the images).
     """
 
     dataset_folder = "RegDB"
     protocol = "regdb"
 
-    def __init__(self, root: str = "datasets", trial: int = 1, **kwargs) -> None:
+    def __init__(
+        self, root: str = "datasets", trial: int = 1, verify_images: bool = True, **kwargs
+    ) -> None:
         if not 1 <= int(trial) <= 10:
             raise ValueError(f"DATASETS.VI.REGDB_TRIAL must be in 1..10, got {trial}")
         self.root = root
@@ -83,15 +141,24 @@ class RegDBCrossModal:
                 f"RegDB folder not found: {self.dataset_dir} (set DATASETS.ROOT to the folder "
                 "that contains RegDB/)"
             )
-
-        def read(split: str, name: str, modality: int, camid: int) -> List[VIImage]:
-            path = os.path.join(self.dataset_dir, "idx", f"{split}_{name}_{self.trial}.txt")
-            return read_index_file(path, self.dataset_dir, modality, camid)
-
-        train_v = read("train", "visible", VISIBLE, VISIBLE_CAMID)
-        train_t = read("train", "thermal", INFRARED, THERMAL_CAMID)
-        self.test_visible = read("test", "visible", VISIBLE, VISIBLE_CAMID)
-        self.test_thermal = read("test", "thermal", INFRARED, THERMAL_CAMID)
+        self.index_files: Dict[Tuple[str, str], str] = {
+            (split, name): os.path.join(self.dataset_dir, "idx", f"{split}_{name}_{self.trial}.txt")
+            for split, name, _, _ in INDEX_FILES
+        }
+        lines = {key: read_index_lines(path) for key, path in self.index_files.items()}
+        self._check_identities_disjoint(lines)
+        if verify_images:
+            self._check_images_exist(lines)
+        images = {
+            (split, name): [
+                VIImage(os.path.join(self.dataset_dir, x.rel), x.label, camid, modality)
+                for x in lines[(split, name)]
+            ]
+            for split, name, modality, camid in INDEX_FILES
+        }
+        train_v, train_t = images[("train", "visible")], images[("train", "thermal")]
+        self.test_visible = images[("test", "visible")]
+        self.test_thermal = images[("test", "thermal")]
         common = {x.pid for x in train_v} & {x.pid for x in train_t}
         if not common:
             raise VIDatasetError(
@@ -101,6 +168,40 @@ class RegDBCrossModal:
         self.train_visible = [self._relabel(x, labels) for x in train_v if x.pid in labels]
         self.train_infrared = [self._relabel(x, labels) for x in train_t if x.pid in labels]
         self.num_train_pids = len(labels)
+
+    def _check_identities_disjoint(self, lines: Dict[Tuple[str, str], List[IndexLine]]) -> None:
+        """A person listed in a training and a test file is an error naming both lines."""
+        conflict = find_split_conflict(
+            (regdb_identity(x.rel), split, (self.index_files[(split, name)], x.lineno, x.rel))
+            for (split, name), entries in lines.items()
+            for x in entries
+        )
+        if conflict is None:
+            return
+        path, lineno, rel = conflict.location
+        first_path, first_lineno, first_rel = conflict.first_location
+        raise VIDatasetError(
+            f"{path} line {lineno}: identity {conflict.key!r} (image {rel!r}) is also in "
+            f"{first_path} line {first_lineno} (image {first_rel!r}); the {conflict.split} and "
+            f"{conflict.first_split} identities of a trial must differ (train/test leak)"
+        )
+
+    def _check_images_exist(self, lines: Dict[Tuple[str, str], List[IndexLine]]) -> None:
+        """Every listed image file exists under ``RegDB/``; else an error naming the first
+        missing image's file and line, with the count of the others."""
+        missing = {
+            key: [
+                entries[i] for i in find_missing_files(self.dataset_dir, [x.rel for x in entries])
+            ]
+            for key, entries in lines.items()
+        }
+        total = sum(len(m) for m in missing.values())
+        for key, entries in missing.items():
+            if entries:
+                raise VIDatasetError(
+                    f"{self.index_files[key]} line {entries[0].lineno}: "
+                    + missing_file_message(entries[0].rel, self.dataset_dir, total)
+                )
 
     @staticmethod
     def _relabel(x: VIImage, labels: dict) -> VIImage:

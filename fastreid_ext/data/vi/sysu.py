@@ -13,6 +13,7 @@ from fastreid.config import CfgNode
 from fastreid.data.datasets import DATASET_REGISTRY
 from tabulate import tabulate
 
+from ..validation import find_split_conflict
 from .base import (
     INFRARED,
     VISIBLE,
@@ -24,7 +25,15 @@ from .base import (
     list_images,
 )
 
-__all__ = ["SYSUMM01CrossModal", "read_id_file", "parse_sysu_setting", "MULTI_SHOT_SEEDINGS"]
+__all__ = [
+    "SYSUMM01CrossModal",
+    "read_id_entries",
+    "read_id_file",
+    "read_split_ids",
+    "sysu_id_files",
+    "parse_sysu_setting",
+    "MULTI_SHOT_SEEDINGS",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -35,23 +44,62 @@ GALLERY_CAMERAS = {"all": (1, 2, 4, 5), "indoor": (1, 2)}
 MULTI_SHOT_IMAGES = 10
 #: ``TEST.VI.MULTI_SHOT_SEEDING`` values (see :class:`SYSUMM01CrossModal`).
 MULTI_SHOT_SEEDINGS = ("sequential", "per_trial")
+#: The id files of ``exp/``, in the order their identities are checked for overlaps.
+SYSU_SPLITS = ("train", "val", "test")
+
+
+def read_id_entries(path: str) -> List[Tuple[int, int]]:
+    """``(identity, line number)`` of every identity of an ``exp/*_id.txt`` file: integers
+    separated by commas (one line in the release; any whitespace or extra lines are accepted).
+
+    Raises:
+        VIDatasetError: naming the file (and the line of a token that is not an identity).
+    """
+    if not os.path.isfile(path):
+        raise VIDatasetError(f"SYSU-MM01 id file not found: {path}")
+    entries = []
+    with open(path) as f:
+        for lineno, line in enumerate(f, 1):
+            for token in (t for t in re.split(r"[,\s]+", line) if t):
+                if not token.isdigit():
+                    raise VIDatasetError(
+                        f"{path} line {lineno}: '{token}' is not a non-negative integer identity"
+                    )
+                entries.append((int(token), lineno))
+    if not entries:
+        raise VIDatasetError(f"{path}: no identity listed")
+    return entries
 
 
 def read_id_file(path: str) -> List[int]:
-    """Identities of an ``exp/*_id.txt`` file: integers separated by commas (one line in the
-    release; any whitespace or extra lines are accepted)."""
-    if not os.path.isfile(path):
-        raise VIDatasetError(f"SYSU-MM01 id file not found: {path}")
-    with open(path) as f:
-        tokens = [t for t in re.split(r"[,\s]+", f.read()) if t]
-    ids = []
-    for t in tokens:
-        if not t.isdigit():
-            raise VIDatasetError(f"{path}: '{t}' is not a non-negative integer identity")
-        ids.append(int(t))
-    if not ids:
-        raise VIDatasetError(f"{path}: no identity listed")
-    return ids
+    """Identities of an ``exp/*_id.txt`` file in file order (see :func:`read_id_entries`)."""
+    return [pid for pid, _ in read_id_entries(path)]
+
+
+def sysu_id_files(dataset_dir: str) -> Dict[str, str]:
+    """``{"train": <dataset_dir>/exp/train_id.txt, "val": ..., "test": ...}``."""
+    return {split: os.path.join(dataset_dir, "exp", f"{split}_id.txt") for split in SYSU_SPLITS}
+
+
+def read_split_ids(files: Dict[str, str]) -> Dict[str, List[int]]:
+    """Sorted distinct identities of each id file of :func:`sysu_id_files`.
+
+    Raises:
+        VIDatasetError: for an identity listed in two of the files, naming both files, their
+            lines and the identity (a test identity among the training ones leaks the test set).
+    """
+    entries = {split: read_id_entries(path) for split, path in files.items()}
+    conflict = find_split_conflict(
+        (pid, split, lineno) for split in SYSU_SPLITS for pid, lineno in entries[split]
+    )
+    if conflict is not None:
+        raise VIDatasetError(
+            f"{files[conflict.split]} line {conflict.location}: identity {conflict.key} is also "
+            f"listed in {files[conflict.first_split]} line {conflict.first_location}; an identity "
+            "belongs to one of train_id.txt, val_id.txt, test_id.txt"
+            + (" (train/test leak)" if conflict.split == "test" else "")
+        )
+    return {split: sorted({pid for pid, _ in e}) for split, e in entries.items()}
 
 
 def parse_sysu_setting(setting: str) -> Tuple[str, str]:
@@ -90,6 +138,11 @@ class SYSUMM01CrossModal:
 
     The training lists are read on first use (evaluation never lists the training tree).
     Identity folders list files with an image extension (jpg, jpeg, png, bmp), sorted by name.
+
+    Checks at start-up: an identity listed in two of the id files is an error naming both files,
+    lines and the identity (a test identity in train_id.txt or val_id.txt would leak the test set
+    into training); test identities without any image, without infrared images (never a query) or
+    without visible images (never in a gallery) are logged as warnings.
     """
 
     dataset_folder = "SYSU-MM01"
@@ -115,21 +168,53 @@ class SYSUMM01CrossModal:
                 f"SYSU-MM01 folder not found: {self.dataset_dir} (set DATASETS.ROOT to the folder "
                 "that contains SYSU-MM01/)"
             )
-        exp = os.path.join(self.dataset_dir, "exp")
-        train_ids = read_id_file(os.path.join(exp, "train_id.txt"))
-        val_ids = read_id_file(os.path.join(exp, "val_id.txt"))
-        self.train_ids = sorted(train_ids + val_ids)
-        self.test_ids = sorted(set(read_id_file(os.path.join(exp, "test_id.txt"))))
+        self.id_files = sysu_id_files(self.dataset_dir)
+        ids = read_split_ids(self.id_files)
+        self.train_ids = sorted(ids["train"] + ids["val"])
+        self.test_ids = ids["test"]
         self._train: Optional[Tuple[List[VIImage], List[VIImage], int]] = None
         self._test_files: Dict[Tuple[int, int], List[str]] = {
             (pid, cam): list_images(self._folder(cam, pid))
             for pid in self.test_ids
             for cam in VISIBLE_CAMERAS + INFRARED_CAMERAS
         }
+        self._warn_incomplete_test_ids()
         if not self.query():
             raise VIDatasetError(
-                f"{self.dataset_dir}: no infrared image (cam3/cam6) of any test identity"
+                f"{self.dataset_dir}: no infrared image (cam3/cam6) of any test identity "
+                f"({self.id_files['test']})"
             )
+
+    def _warn_incomplete_test_ids(self) -> None:
+        """Log the test identities without any image, without infrared images (never a query)
+        or without visible images (never in a gallery)."""
+        test_file = self.id_files["test"]
+        has = {
+            m: {pid for (pid, cam), files in self._test_files.items() if files and cam in cams}
+            for m, cams in ((VISIBLE, VISIBLE_CAMERAS), (INFRARED, INFRARED_CAMERAS))
+        }
+        with_images = has[VISIBLE] | has[INFRARED]
+        empty = [p for p in self.test_ids if p not in with_images]
+        incomplete = {m: [p for p in self.test_ids if p in with_images - has[m]] for m in has}
+        if empty:
+            logger.warning(
+                "SYSU-MM01: %d test identities of %s have no image in cam1..cam6/<id>/ and are "
+                "left out of the evaluation: %s",
+                len(empty),
+                test_file,
+                empty[:20],
+            )
+        for modality, role in ((INFRARED, "query"), (VISIBLE, "gallery")):
+            partial = incomplete[modality]
+            if partial:
+                logger.warning(
+                    "SYSU-MM01: %d test identities of %s have no %s image (none in the %s): %s",
+                    len(partial),
+                    test_file,
+                    "infrared (cam3/cam6)" if modality == INFRARED else "visible (cam1/2/4/5)",
+                    role,
+                    partial[:20],
+                )
 
     @classmethod
     def from_config(cls, cfg: CfgNode, root: str) -> SYSUMM01CrossModal:

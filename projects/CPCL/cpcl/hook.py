@@ -6,7 +6,7 @@ import json
 import logging
 import os
 import time
-from typing import Any, Callable, Dict, Optional
+from typing import Any, Dict, Optional
 
 import numpy as np
 import torch
@@ -15,44 +15,23 @@ from fastreid.engine.train_loop import HookBase
 from fastreid.utils import comm
 
 from fastreid_ext.clustering.oplm import OPLM_MODES
+from fastreid_ext.engine.distributed import run_on_main_and_share
 from fastreid_ext.engine.feature_extraction import extract_pair_features
 from fastreid_ext.modeling.memory import PrototypicalMemory
 from fastreid_ext.registry import HOOK_REGISTRY
+from fastreid_ext.utils.atomic_io import atomic_write_text
 
 from .data import CPCLTrainSet
 from .pmm import PMM_MODES, update_memories
 from .pseudo_labels import TRAIN_SET_MODES, compute_pseudo_labels, select_training_pairs
 
-__all__ = ["CPCLPseudoLabelHook", "run_on_main_and_share"]
+__all__ = ["CPCLPseudoLabelHook"]
 
 logger = logging.getLogger("fastreid_ext.cpcl")
 
 
 def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
     return model.module if hasattr(model, "module") else model
-
-
-def run_on_main_and_share(fn: Callable[[], Any], what: str) -> Any:
-    """``fn()`` on the main process; its (picklable) result is returned on every rank.
-
-    If ``fn`` raises on the main process, the error is shared as well and raised on **every**
-    rank (the main process re-raises the original exception, the others a ``RuntimeError``
-    naming ``what`` and the message), so no rank is left waiting in a collective.
-    """
-    payload, error = None, None
-    if comm.is_main_process():
-        try:
-            payload = ("ok", fn())
-        except Exception as exc:  # re-raised below, on every rank
-            error = exc
-            payload = ("error", f"{type(exc).__name__}: {exc}")
-    if comm.get_world_size() > 1:
-        payload = comm.all_gather(payload)[0]
-    if error is not None:
-        raise error
-    if payload[0] == "error":
-        raise RuntimeError(f"{what} failed on the main process: {payload[1]}")
-    return payload[1]
 
 
 @HOOK_REGISTRY.register()
@@ -226,8 +205,8 @@ class CPCLPseudoLabelHook(HookBase):
                     kept = [
                         ln for ln in f if ln.strip() and json.loads(ln)["epoch"] < record["epoch"]
                     ]
-            with open(self.log_path, "w") as f:
-                f.writelines(kept + [json.dumps(record, default=float) + "\n"])
+            text = "".join(kept + [json.dumps(record, default=float) + "\n"])
+            atomic_write_text(self.log_path, text)
 
     # ------------------------------------------------------------------ steps
     def after_step(self) -> None:

@@ -1,10 +1,11 @@
 """Feature and text banks of CSDN's phases, and a loader over in-memory tensors.
 
 Distributed runs: the image-bank pass is sharded (each rank forwards ``PHASE1.IMS_PER_BATCH /
-world`` pairs per step, so train-mode BatchNorm of the phase-2 quirk sees per-rank batch
-statistics, unlike the authors' single-GPU batch of 32) and gathered so every rank holds the
-whole bank; phases 1-2 then compute SupCon on each rank's share of the batch, without gathering
-the other ranks' features (the authors train on one GPU).
+world`` pairs per step; the train-mode BatchNorm of the phase-2 quirk normalises over all ranks'
+pairs with ``MODEL.CSDN.DDP.SYNC_BN``, as the authors' single-GPU batch of 32, and over each
+rank's share without it) and gathered so every rank holds the whole bank; phases 1-2 then
+compute SupCon over the whole batch (``MODEL.CSDN.DDP.GATHER_LOSS_FEATURES``) or over each
+rank's share.
 """
 
 from __future__ import annotations

@@ -71,8 +71,8 @@ def add_csdn_config(cfg: CN) -> None:
         node.EPOCHS = 60
         # Feature-bank items per batch (phase 1: visible-infrared pairs; phase 2: features).
         # PHASE1's value (the authors' stage1_batch_size) also batches the forward passes of both
-        # image-bank extractions; under DDP each rank forwards IMS_PER_BATCH / world pairs and
-        # computes SupCon on its IMS_PER_BATCH / world items (no all-gather).
+        # image-bank extractions; under DDP each rank forwards IMS_PER_BATCH / world pairs, and
+        # SupCon runs over the whole batch (DDP.GATHER_LOSS_FEATURES) or each rank's share.
         node.IMS_PER_BATCH = batch
         # Adam learning rate; the LR follows timm's cosine stepped per epoch from epoch 0:
         # linear warm-up from WARMUP_LR_INIT, then cos(pi * epoch / EPOCHS) down to ETA_MIN_LR.
@@ -87,11 +87,28 @@ def add_csdn_config(cfg: CN) -> None:
         node.ETA_MIN_LR = 1.0e-6
         _C.MODEL.CSDN[name] = node
 
+    # ---------------------------------------------------------------- distributed training
+    # Both keys act only with several processes (a one-process run is unchanged); their defaults
+    # reproduce the authors' single-GPU batch as far as possible (projects/CSDN/README.md).
+    _C.MODEL.CSDN.DDP = CN()
+    # Convert the BatchNorm layers of the image encoder and of both heads to torch's
+    # SyncBatchNorm, so train-mode BN (phase 3, and the phase-2 image bank of
+    # QUIRKS.FUSION_BANK_TRAIN_MODE) normalises with the statistics of the whole global batch
+    # instead of each rank's 1/world share. CUDA only: a CPU (gloo) run with several processes
+    # must set it False (it fails with an error naming this key otherwise).
+    _C.MODEL.CSDN.DDP.SYNC_BN = True
+    # All-gather (with gradient) the features and labels of the batch-pool losses -- phase-3 WRT
+    # triplet and MSEL, phase-1/2 SupCon -- so every rank computes them over the whole global
+    # batch (the other identities as negatives); the gathered gradients are summed over ranks
+    # before DDP averages, giving exactly the single-process gradient. False: each rank's losses
+    # see only its own share of the batch.
+    _C.MODEL.CSDN.DDP.GATHER_LOSS_FEATURES = True
+
     # ---------------------------------------------------------------- authors' quirks
     _C.MODEL.CSDN.QUIRKS = CN()
     # Extract the phase-2 image bank with the image encoder in train mode (BN batch statistics of
-    # each PHASE1.IMS_PER_BATCH forward batch -- per rank under DDP --, running statistics
-    # updated), as the authors' code does; False: eval mode.
+    # each PHASE1.IMS_PER_BATCH forward batch -- over all ranks with DDP.SYNC_BN, else per rank
+    # --, running statistics updated), as the authors' code does; False: eval mode.
     _C.MODEL.CSDN.QUIRKS.FUSION_BANK_TRAIN_MODE = True
     # Extract the phase-3 text bank with SII dropout active (train mode); False: eval mode.
     _C.MODEL.CSDN.QUIRKS.TEXT_BANK_TRAIN_MODE = True

@@ -13,6 +13,7 @@ from torch import nn
 
 from fastreid_ext.data.vi.base import INFRARED, VISIBLE
 from fastreid_ext.registry import lookup
+from fastreid_ext.utils.distributed_ops import all_gather_rows
 
 from .encoder import BNClassifierHead, TwoStreamImageEncoder
 from .fusion import SemanticInformationIntegration
@@ -52,6 +53,10 @@ class CSDN(nn.Module):
     * phase 3 (:class:`~fastreid_ext.data.vi.loaders.CrossModalPairSet` batches): identity CE on
       both heads, weighted-regularised triplet on (GeM feature, f_p), MSEL, and the HSE
       image-to-text CE against the text banks.
+
+    Under DDP with ``MODEL.CSDN.DDP.GATHER_LOSS_FEATURES`` the batch-pool losses (SupCon, WRT,
+    MSEL) run on every rank over the rows of all ranks (:meth:`pool`); the per-item losses (ID
+    and HSE CE) stay local, DDP's gradient average already making them global batch means.
 
     Inference: ``{"images" [B, 3, H, W], "modality" [B]} -> {"image_feats"}``: cat(L2(BN(GeM)),
     L2(f_p)), and with ``TEST_FLIP`` the same of the flipped image concatenated (6,144-d for RN50).
@@ -118,6 +123,7 @@ class CSDN(nn.Module):
                 f"{cfg.DATALOADER.NUM_INSTANCE}; set MODEL.CSDN.HSE.MSEL_WEIGHT 0 or raise K"
             )
         self.hse = hse
+        self.gather_loss_features = bool(c.DDP.GATHER_LOSS_FEATURES)
         self.num_instances = cfg.DATALOADER.NUM_INSTANCE
         self.test_flip = c.TEST_FLIP
         enc = self.image_encoder
@@ -217,6 +223,12 @@ class CSDN(nn.Module):
         return {"image_feats": out}
 
     # ------------------------------------------------------------------ training
+    def pool(self, x: torch.Tensor, blocks: int = 1) -> torch.Tensor:
+        """Rows of a batch-pool loss: with ``GATHER_LOSS_FEATURES`` under DDP, every rank's
+        ``x [blocks * n, ...]`` concatenated (block-major, the single-process row order; the
+        gradient reaches this rank's rows); ``x`` itself otherwise or in a one-process run."""
+        return all_gather_rows(x, blocks) if self.gather_loss_features else x
+
     def forward(self, batch: Dict[str, Any]) -> Dict[str, torch.Tensor]:
         if not self.training:
             return self.inference(batch)
@@ -230,7 +242,9 @@ class CSDN(nn.Module):
         """Phase 1 (MsPL): image features vs their identities' prompt text features."""
         y = batch["targets"].to(self.device)
         t_vis, t_ir = self.class_texts(y)
-        feats = torch.cat([batch["vis_feats"], batch["ir_feats"]]).to(self.device).float()
+        v, r = (batch[k].to(self.device) for k in ("vis_feats", "ir_feats"))
+        v, r, t_vis, t_ir, y = (self.pool(x) for x in (v, r, t_vis, t_ir, y))
+        feats = torch.cat([v, r]).float()
         texts, labels = torch.cat([t_vis, t_ir]).float(), torch.cat([y, y])
         return {
             "loss_mspl_i2t": supcon_loss(feats, texts, labels, labels),
@@ -243,6 +257,7 @@ class CSDN(nn.Module):
         feats = batch["feats"].to(self.device).float()
         t_vis = batch["class_text_vis"].to(self.device)[y]
         fused = self.fusion(t_vis, batch["class_text_ir"].to(self.device)[y])
+        feats, fused, y = self.pool(feats), self.pool(fused), self.pool(y)
         return {
             "loss_sii_i2t": supcon_loss(feats, fused.float(), y, y),
             "loss_sii_t2i": supcon_loss(fused.float(), feats, y, y),
@@ -262,11 +277,14 @@ class CSDN(nn.Module):
         _, _, logits_p = self.head_proj(f_p)
         f_g, f_p, logits_g, logits_p = f_g.float(), f_p.float(), logits_g.float(), logits_p.float()
         h = self.hse
+        # batch-pool losses: the global batch under DDP with GATHER_LOSS_FEATURES (blocks of
+        # views + 1 rows per pair, kept block-major), this rank's batch otherwise
+        pool_g, pool_p, pool_y = (self.pool(t, views + 1) for t in (f_g, f_p, labels))
         losses = {
             "loss_id": h.ID_WEIGHT
             * (F.cross_entropy(logits_g, labels) + F.cross_entropy(logits_p, labels)),
             "loss_triplet": h.TRI_WEIGHT
-            * (wrt_triplet_loss(f_g, labels) + wrt_triplet_loss(f_p, labels)),
+            * (wrt_triplet_loss(pool_g, pool_y) + wrt_triplet_loss(pool_p, pool_y)),
         }
         view_a, ir = slice(0, b), slice(b * views, b * (views + 1))
         if h.MSEL_WEIGHT > 0:
@@ -275,10 +293,11 @@ class CSDN(nn.Module):
                     "MSEL (MODEL.CSDN.HSE.MSEL_WEIGHT > 0) needs same-identity pairs: "
                     "batch['ir_targets'] must equal batch['vis_targets'] row by row"
                 )
-            k = self.num_instances
+            k, n = self.num_instances, pool_y.shape[0] // (views + 1)  # n: pairs in the pool
+            pool_a, pool_ir = slice(0, n), slice(n * views, n * (views + 1))
             losses["loss_msel"] = h.MSEL_WEIGHT * (
-                msel_loss(f_g[view_a], f_g[ir], y_vis, k)
-                + msel_loss(f_p[view_a], f_p[ir], y_vis, k)
+                msel_loss(pool_g[pool_a], pool_g[pool_ir], pool_y[pool_a], k)
+                + msel_loss(pool_p[pool_a], pool_p[pool_ir], pool_y[pool_a], k)
             )
         bank_vis, bank_ir = self.text_bank_visible.float(), self.text_bank_infrared.float()
         if h.FORM == "hse":

@@ -8,13 +8,12 @@ from dataclasses import dataclass
 from typing import Any, Dict
 
 from fastreid.config import CfgNode
-from fastreid.engine import hooks as fr_hooks
 
 from fastreid_ext.solver import LRSchedule, build_lr_schedule
 
 from .model import PHASES
 
-__all__ = ["PhasePlan", "TimmCosineSchedule", "PhaseSchedule", "PhaseState", "PhaseEvalHook"]
+__all__ = ["PhasePlan", "TimmCosineSchedule", "PhaseSchedule", "PhaseState"]
 
 
 class PhasePlan:
@@ -43,6 +42,13 @@ class PhasePlan:
             if self.epochs[k] and epoch >= self.starts[k]:
                 return k
         return 2
+
+    def is_eval_epoch(self, epoch: int, period: int) -> bool:
+        """Whether the model is evaluated after ``epoch`` (0-based): every ``period`` phase-3
+        epochs, counted from the phase-3 start, and after the last epoch (only then when
+        ``period <= 0``); never in phases 1-2."""
+        n = epoch + 1 - self.starts[2]
+        return epoch + 1 >= self.total or (period > 0 and n > 0 and n % period == 0)
 
 
 @dataclass(frozen=True)
@@ -103,24 +109,3 @@ class PhaseState:
 
     def load_state_dict(self, state: Dict[str, Any]) -> None:
         self.phase = int(state["phase"])
-
-
-class PhaseEvalHook(fr_hooks.EvalHook):
-    """Evaluates every ``period`` epochs of phase 3 (counted from its start) and at the end."""
-
-    def __init__(self, period: int, func, first_epoch: int) -> None:
-        super().__init__(period, func)
-        self.first_epoch = first_epoch
-
-    def _due(self) -> bool:
-        n = self.trainer.epoch + 1 - self.first_epoch
-        return self._period > 0 and n > 0 and n % self._period == 0
-
-    def after_epoch(self) -> None:
-        if self._due():
-            self._do_eval()
-
-    def after_train(self) -> None:
-        if self.trainer.epoch + 1 >= self.trainer.max_epoch and not self._due():
-            self._do_eval()
-        del self._func

@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Any, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
 from fastreid.config import CfgNode
-from fastreid.engine import hooks as fr_hooks
 from fastreid.utils import comm
-from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import Dataset
 
 from fastreid_ext.data.samplers import EpochBatchSampler, RandomEpochBatchSampler
@@ -21,9 +19,12 @@ from fastreid_ext.data.vi import (
     build_vi_sampler,
     build_vi_train_set,
 )
+from fastreid_ext.engine.distributed import create_ddp_model, unwrap_model
 from fastreid_ext.engine.trainer import ExtTrainer
 from fastreid_ext.registry import TRAINER_REGISTRY
 from fastreid_ext.solver import build_optimizer
+from fastreid_ext.utils.atomic_io import atomic_torch_save
+from fastreid_ext.utils.distributed_ops import broadcast_module_buffers
 
 from .banks import (
     TensorBank,
@@ -32,16 +33,13 @@ from .banks import (
     extract_text_bank,
     image_bank_train_mode,
 )
+from .distributed import apply_sync_batchnorm
 from .model import PHASES
-from .phases import PhaseEvalHook, PhasePlan, PhaseSchedule, PhaseState
+from .phases import PhasePlan, PhaseSchedule, PhaseState
 
 __all__ = ["CSDNPhasedTrainer"]
 
 logger = logging.getLogger(__name__)
-
-
-def _module(model: torch.nn.Module):
-    return model.module if isinstance(model, DistributedDataParallel) else model
 
 
 def _phase_adam(cfg: CfgNode, module, phase: int) -> torch.optim.Optimizer:
@@ -80,6 +78,19 @@ class CSDNPhasedTrainer(ExtTrainer):
     phase is written: ``--resume`` can no longer return to its phase), and the text bank lives
     in the model's buffers. Resumed runs reproduce uninterrupted ones exactly, across phase
     boundaries too.
+
+    Distributed training (``MODEL.CSDN.DDP``): the image side's BatchNorm layers become
+    SyncBatchNorm (``SYNC_BN``, CUDA) and the batch-pool losses gather every rank's rows
+    (``GATHER_LOSS_FEATURES``). DDP is built by ``create_ddp_model`` and so follows
+    ``TRAINER.BROADCAST_BUFFERS``. CSDN does not need DDP's per-forward buffer broadcast: the
+    buffers that can differ between ranks are synchronised from rank 0 explicitly, where they
+    can diverge -- at every phase start (buffers built from per-rank random initialisation, e.g.
+    the prompt learners' template embeddings of a random-init CLIP), after the phase data is
+    built (the phase-3 text bank, drawn with per-rank dropout RNG under the
+    ``TEXT_BANK_TRAIN_MODE`` quirk; BN running statistics updated by the train-mode phase-2
+    bank pass) and before each evaluation (per-rank BN running statistics without SyncBN): the
+    rank-sharded evaluation then encodes every test image with rank 0's buffers, the ones
+    checkpointed.
     """
 
     def __init__(self, cfg: CfgNode) -> None:
@@ -88,8 +99,11 @@ class CSDNPhasedTrainer(ExtTrainer):
         self._data_phase: Optional[int] = None
         super().__init__(cfg)
         self.checkpointer.checkpointables["csdn_phase"] = self.phase_state
-        self._save_checkpoint = self.checkpointer.save
-        self.checkpointer.save = self._save_and_drop_banks
+        self.checkpointer.add_save_callback(self._drop_finished_banks)
+        # before the phase's DDP wrapper is built (DDP inspects SyncBatchNorm layers)
+        n = apply_sync_batchnorm(unwrap_model(self.model), cfg, comm.get_world_size())
+        if n:
+            logger.info("CSDN: %d BatchNorm layers of the image side synchronised (SYNC_BN)", n)
         self._configure_phase(self.plan.phase_of(0))
 
     # ------------------------------------------------------------------ building blocks
@@ -119,7 +133,7 @@ class CSDNPhasedTrainer(ExtTrainer):
     @classmethod
     def build_optimizer(cls, cfg: CfgNode, model: torch.nn.Module) -> torch.optim.Optimizer:
         """The optimizer of the first phase (the trainer rebuilds it at every phase change)."""
-        return cls.phase_optimizer(cfg, _module(model), PhasePlan(cfg).phase_of(0))
+        return cls.phase_optimizer(cfg, unwrap_model(model), PhasePlan(cfg).phase_of(0))
 
     @staticmethod
     def phase_optimizer(cfg: CfgNode, module, phase: int) -> torch.optim.Optimizer:
@@ -154,25 +168,31 @@ class CSDNPhasedTrainer(ExtTrainer):
         self.image_train_set = self.train_set
         self.max_iter = self.total_iterations()
         self.schedule = PhaseSchedule(self.cfg, self.plan)
-        hooks = super().build_hooks()
-        for i, h in enumerate(hooks):
-            if type(h) is fr_hooks.EvalHook:
-                hooks[i] = PhaseEvalHook(h._period, h._func, self.plan.starts[2])
-        return hooks
+        return super().build_hooks()
+
+    def is_eval_epoch(self, epoch: int) -> bool:
+        """Phase 3 only: every ``TEST.EVAL_PERIOD`` phase-3 epochs and after the last epoch."""
+        return self.plan.is_eval_epoch(epoch, self.cfg.TEST.EVAL_PERIOD)
+
+    def evaluate(self) -> Dict[str, Any]:
+        """Evaluate with rank 0's buffers on every rank: the rank-sharded test loader then
+        encodes every image with the BN statistics that are checkpointed."""
+        self._sync_buffers()
+        return super().evaluate()
+
+    def _sync_buffers(self) -> None:
+        """Copy rank 0's buffers (BN statistics, text banks, prompt templates) to every rank."""
+        broadcast_module_buffers(unwrap_model(self.model), src=0)
 
     # ------------------------------------------------------------------ phases
     def _configure_phase(self, phase: int) -> None:
-        """Trainable modules, optimizer (also in the checkpointer) and DDP wrapper of ``phase``."""
-        module = _module(self.model)
+        """Trainable modules, optimizer (also in the checkpointer) and DDP wrapper of ``phase``
+        (re-built: DDP registers the parameters that train; ``TRAINER.BROADCAST_BUFFERS`` and
+        ``FIND_UNUSED_PARAMETERS`` as every trainer). Buffers are synchronised from rank 0."""
+        module = unwrap_model(self.model)
         optimizer = self.phase_optimizer(self.cfg, module, phase)
-        if comm.get_world_size() > 1:
-            on_cuda = next(module.parameters()).device.type == "cuda"
-            self._trainer.model = DistributedDataParallel(
-                module,
-                device_ids=[comm.get_local_rank()] if on_cuda else None,
-                broadcast_buffers=True,
-                find_unused_parameters=self.cfg.TRAINER.FIND_UNUSED_PARAMETERS,
-            )
+        self._sync_buffers()
+        self._trainer.model = create_ddp_model(module, self.cfg)
         self._trainer.optimizer = optimizer
         if self._trainer.grad_scaler is not None:
             self._trainer.grad_scaler = torch.amp.GradScaler("cuda")
@@ -190,10 +210,9 @@ class CSDNPhasedTrainer(ExtTrainer):
     def _bank_path(self, phase: int) -> str:
         return os.path.join(self.cfg.OUTPUT_DIR, f"csdn_bank_phase{phase + 1}.pt")
 
-    def _save_and_drop_banks(self, name: str, **kwargs: Any) -> None:
-        """Save a checkpoint, then delete the cached image banks of the phases before the
-        current one (``--resume`` continues from this checkpoint, never inside them)."""
-        self._save_checkpoint(name, **kwargs)
+    def _drop_finished_banks(self, checkpoint_path: str) -> None:
+        """After a checkpoint is written: delete the cached image banks of the phases before
+        the current one (``--resume`` continues from this checkpoint, never inside them)."""
         for phase in range(self.phase_state.phase):
             path = self._bank_path(phase)
             if comm.is_main_process() and os.path.isfile(path):
@@ -203,7 +222,7 @@ class CSDNPhasedTrainer(ExtTrainer):
     def _image_bank(self, phase: int) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """The phase's image bank: extracted at the phase start (and cached in OUTPUT_DIR), read
         back from the cache when a run resumes inside the phase."""
-        module = _module(self.model)
+        module = unwrap_model(self.model)
         seed = int(
             np.random.SeedSequence([max(self.cfg.SEED, 0), 1000 + phase]).generate_state(1)[0]
         )
@@ -221,12 +240,12 @@ class CSDNPhasedTrainer(ExtTrainer):
         if comm.is_main_process() and self.cfg.OUTPUT_DIR:
             os.makedirs(self.cfg.OUTPUT_DIR, exist_ok=True)
             bank = {"visible": v, "infrared": r, "labels": y, "seed": seed, "checksum": checksum}
-            torch.save(bank, path)
+            atomic_torch_save(bank, path)
         return v, r, y
 
     def _prepare_phase_data(self, phase: int) -> None:
         """Build the phase's training data (banks, text bank) and install its loader."""
-        module = _module(self.model)
+        module = unwrap_model(self.model)
         c = self.cfg.MODEL.CSDN
         rank, world = comm.get_rank(), comm.get_world_size()
         seed = max(self.cfg.SEED, 0)
@@ -256,6 +275,8 @@ class CSDNPhasedTrainer(ExtTrainer):
                 module.text_bank_infrared.copy_(t_ir)
                 logger.info("CSDN phase 3: text bank of %d identities frozen", len(t_vis))
             self.set_train_set(self.image_train_set)
+        # every rank trains on rank 0's text bank (and BN statistics of the phase-2 bank pass)
+        self._sync_buffers()
         self._data_phase = phase
 
     def before_epoch(self) -> None:

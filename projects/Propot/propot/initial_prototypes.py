@@ -18,6 +18,7 @@ from torch import nn
 
 from fastreid_ext.data.text_image import dataset_root
 from fastreid_ext.engine.feature_extraction import extract_pair_features
+from fastreid_ext.utils.atomic_io import atomic_torch_save
 
 __all__ = [
     "initial_prototypes_from_features",
@@ -217,12 +218,8 @@ def _read_cache(path: str, meta: Dict[str, Any]) -> Optional[Tuple[torch.Tensor,
 
 
 def _write_cache(path: str, meta: Dict[str, Any], pt_v: torch.Tensor, pt_t: torch.Tensor) -> None:
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    tmp = f"{path}.tmp{os.getpid()}"
-    torch.save(
-        {"meta": json.dumps(meta, sort_keys=True), "initial_v": pt_v, "initial_t": pt_t}, tmp
-    )
-    os.replace(tmp, path)
+    data = {"meta": json.dumps(meta, sort_keys=True), "initial_v": pt_v, "initial_t": pt_t}
+    atomic_torch_save(data, path)
 
 
 def load_or_compute_initial_prototypes(

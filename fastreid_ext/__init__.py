@@ -6,6 +6,7 @@ Importing this package first applies every compatibility fix for ``fastreid==1.4
 """
 
 from . import compat
+from .version import __version__
 
 compat.apply()
 
@@ -19,5 +20,4 @@ from .evaluation import vi_evaluator as _vi_evaluator  # noqa: E402,F401
 from .modeling.clip import backbone as _clip_backbone  # noqa: E402,F401
 from .modeling.meta_arch import clip_t2i_baseline as _baseline  # noqa: E402,F401
 
-__version__ = "0.1.0"
 __all__ = ["compat", "registry", "__version__"]

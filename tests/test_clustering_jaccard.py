@@ -32,7 +32,8 @@ def _features(n: int, d: int, seed: int, duplicates: bool = False) -> np.ndarray
 
 
 def brute_force_jaccard(x: np.ndarray, k1: int, k2: int) -> np.ndarray:
-    """The definition of text-reid.md §2.3 step 2 with Python sets and float64 everywhere."""
+    """The definition (Zhong et al., CVPR 2017, Sec. 3; cluster-contrast's
+    ``compute_jaccard_distance``) with Python sets and float64 everywhere."""
     x = x.astype(np.float64)
     n = len(x)
     sims = x @ x.T

@@ -1,13 +1,58 @@
-"""The fast-reid compatibility fixes: idempotent, and each repairs what it claims to."""
+"""The fast-reid compatibility layer: the version check, and fixes that are idempotent and each
+repair what they claim to."""
 
 from __future__ import annotations
 
+import subprocess
 import sys
+from importlib.metadata import PackageNotFoundError
 
+import pytest
 import torch
 from torch import nn
 
 from fastreid_ext import compat
+
+INSTALL = "pip install --no-deps fastreid==1.4.0"
+
+
+def test_installed_fastreid_is_the_supported_release():
+    assert compat.check_fastreid_version() == compat.SUPPORTED_FASTREID == "1.4.0"
+    assert compat.FASTREID_INSTALL_COMMAND == INSTALL
+
+
+@pytest.mark.parametrize("other", ["1.3.0", "1.4.1", "1.4"])
+def test_other_fastreid_release_is_refused_with_the_install_command(other):
+    with pytest.raises(compat.FastReIDVersionError) as info:
+        compat.check_fastreid_version(other)
+    message = str(info.value)
+    assert f"fastreid {other} is installed" in message and "1.4.0 only" in message
+    assert INSTALL in message
+
+
+def test_missing_fastreid_names_the_no_deps_install(monkeypatch):
+    def not_installed(name):
+        raise PackageNotFoundError(name)
+
+    monkeypatch.setattr(compat, "version", not_installed)
+    with pytest.raises(compat.FastReIDVersionError, match="not installed") as info:
+        compat.check_fastreid_version()
+    assert INSTALL in str(info.value) and isinstance(info.value, ImportError)
+
+
+def test_import_fastreid_ext_refuses_another_fastreid_release():
+    """The check runs on ``import fastreid_ext``, before any fix touches fast-reid."""
+    code = (
+        "import importlib.metadata as m\n"
+        "real = m.version\n"
+        "m.version = lambda name: '1.3.0' if name == 'fastreid' else real(name)\n"
+        "import fastreid_ext\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 1
+    last = proc.stderr.strip().splitlines()
+    assert last[-2].startswith("fastreid_ext.compat.FastReIDVersionError: fastreid_ext supports")
+    assert last[-1].strip() == INSTALL
 
 
 def test_every_fix_applied_and_idempotent():
@@ -24,7 +69,6 @@ def test_every_fix_applied_and_idempotent():
         "random_affine",
         "test_loader_workers",
         "ddp_device_ids",
-        "safe_checkpoint_load",
     }
     assert "torch._six" in sys.modules
     import fastreid.data  # noqa: F401  (fails on torch 2 without the shims)
@@ -109,9 +153,14 @@ def test_ddp_factory_drops_device_ids_for_cpu_modules(monkeypatch):
     assert seen["device_ids"] is None
 
 
-def test_checkpoint_load_is_weights_only(tmp_path):
-    import pytest
+def test_checkpoint_loading_is_left_to_the_engine(tmp_path):
+    """fast-reid's Checkpointer is not patched; the trainer's checkpointer loads with
+    ``weights_only=True``, so a pickle that would run code is refused and the file is named."""
     from fastreid.utils.checkpoint import Checkpointer
+
+    from fastreid_ext.engine.checkpoint import ExtCheckpointer
+
+    assert Checkpointer._load_file.__module__ == "fastreid.utils.checkpoint"
 
     class Evil:
         def __reduce__(self):
@@ -119,5 +168,5 @@ def test_checkpoint_load_is_weights_only(tmp_path):
 
     path = tmp_path / "evil.pth"
     torch.save({"model": {}, "x": Evil()}, path)
-    with pytest.raises(RuntimeError, match="evil.pth"):
-        Checkpointer(nn.Linear(2, 2))._load_file(str(path))
+    with pytest.raises(RuntimeError, match=r"evil\.pth.*weights_only=True"):
+        ExtCheckpointer(nn.Linear(2, 2))._load_file(str(path))

@@ -9,8 +9,9 @@ import torch
 import torch.nn.functional as F
 from fastreid.config import CfgNode
 
-from cpcl.config import add_cpcl_config
-from cpcl.losses import ICPM_POSITIVES, hcm_losses, icpm_loss, icpm_positives, pcm_loss
+from cpcl.config import ICPM_POSITIVES, add_cpcl_config
+from cpcl.modeling.losses import hcm_losses, icpm_loss, icpm_positives, pcm_loss
+from fastreid_ext.config import ConfigValueError
 from fastreid_ext.modeling.losses import sdm_loss
 
 
@@ -66,7 +67,7 @@ def test_pcm_skips_unlabelled_terms_and_keeps_the_graph_without_labels(batch):
     assert zero.item() == 0.0
     zero.backward()
     assert v.grad is not None and torch.all(v.grad == 0)
-    with pytest.raises(ValueError, match="CPCL.PCM.MODE"):
+    with pytest.raises(ConfigValueError, match="MODEL.CPCL.PCM.NAME"):
         pcm_loss(v, t, yv, yt, mv, mt, 0.05, "single")
 
 
@@ -129,10 +130,11 @@ def test_icpm_positives_always_include_captions_of_the_same_image():
 
 def _cpcl_cfg(tau: float) -> CfgNode:
     cfg = CfgNode()
+    cfg.MODEL = CfgNode()
     add_cpcl_config(cfg)
-    cfg.CPCL.ICPM.TAU = tau
-    cfg.CPCL.ICPM.POSITIVES = "either"
-    return cfg.CPCL
+    cfg.MODEL.CPCL.ICPM.TAU = tau
+    cfg.MODEL.CPCL.ICPM.POSITIVES = "either"
+    return cfg.MODEL.CPCL
 
 
 @pytest.mark.parametrize("tau", [0.02, 0.0])
@@ -158,3 +160,21 @@ def test_hcm_losses_are_float32_inside_bf16_autocast(tau):
         assert torch.equal(got[key], ref[key]), key
         assert torch.equal(got_bf16_inputs[key], ref_bf16_inputs[key]), key
     assert not torch.allclose(raw.float(), ref["loss_icpm"], rtol=1e-4, atol=0)
+
+
+def test_hcm_losses_follow_the_enabled_switches_and_weights():
+    g = torch.Generator().manual_seed(3)
+    v, t = torch.randn(8, 16, generator=g), torch.randn(8, 16, generator=g)
+    mv = F.normalize(torch.randn(3, 16, generator=g), dim=1)
+    mt = F.normalize(torch.randn(4, 16, generator=g), dim=1)
+    yv, yt = torch.randint(-1, 3, (8,), generator=g), torch.randint(-1, 4, (8,), generator=g)
+    cfg = _cpcl_cfg(0.02)
+    both = hcm_losses(v, t, yv, yt, mv, mt, cfg)
+    assert set(both) == {"loss_pcm", "loss_icpm"}
+    assert both["loss_pcm"].item() > 0 and both["loss_icpm"].item() > 0
+    cfg.PCM.ENABLED = False
+    assert set(hcm_losses(v, t, yv, yt, mv, mt, cfg)) == {"loss_icpm"}
+    cfg.PCM.ENABLED, cfg.ICPM.ENABLED, cfg.PCM.WEIGHT = True, False, 0.5
+    only_pcm = hcm_losses(v, t, yv, yt, mv, mt, cfg)
+    assert set(only_pcm) == {"loss_pcm"}
+    torch.testing.assert_close(only_pcm["loss_pcm"], 0.5 * both["loss_pcm"])

@@ -1,6 +1,7 @@
-"""PrototypicalMemory (CPCL's PMM): centroids, the momentum update (standard, multi-modal, hard)
-against per-sample formulas, state dicts with a changing number of clusters, identical memories
-across two gloo ranks, and a failure on the main rank raised on every rank."""
+"""CPCL's PMM: centroids, the momentum update (standard, multi-modal, hard) against per-sample
+formulas, state dicts with a changing number of clusters, the model's own update after its
+losses, identical memories across two gloo ranks, and a failure on the main rank raised on every
+rank."""
 
 from __future__ import annotations
 
@@ -12,9 +13,19 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn.functional as F
 
-from cpcl.pmm import PMM_MODES, update_memories
+from cpcl.config import PMM_UPDATES
+from cpcl.modeling.losses import hcm_losses
+from cpcl.modeling.pmm import PrototypicalMultiModalMemory
+from cpcl.trainer import CPCLTrainer
+from fastreid_ext.config import ConfigValueError
+from fastreid_ext.data.text_image import collate
+from fastreid_ext.engine import build_cfg
 from fastreid_ext.engine.distributed import run_on_main_and_share
 from fastreid_ext.modeling.memory import PrototypicalMemory, cluster_centroids
+
+from .conftest import REPO
+
+DEMO = str(REPO / "configs" / "CPCL" / "demo.yml")
 
 
 def sequential_update(memory: torch.Tensor, feats, labels, momentum: float) -> torch.Tensor:
@@ -100,19 +111,19 @@ def _batch(seed: int, b: int = 24, d: int = 8, k: int = 5):
     return v, t, yv, yt
 
 
-def _memories(k: int = 5, d: int = 8, momentum: float = 0.3):
+def _pmm(name: str = "standard", k: int = 5, d: int = 8, momentum: float = 0.3):
     g = torch.Generator().manual_seed(9)
-    mv, mt = PrototypicalMemory(d, momentum), PrototypicalMemory(d, momentum)
-    mv.reset(torch.randn(k, d, generator=g))
-    mt.reset(torch.randn(k, d, generator=g))
-    return mv, mt
+    pmm = PrototypicalMultiModalMemory(d, momentum, name)
+    image = torch.randn(k, d, generator=g)
+    pmm.reset(image, torch.randn(k, d, generator=g))
+    return pmm
 
 
-def test_pmm_modes_equal_their_per_sample_formulas():
+def test_pmm_updates_equal_their_per_sample_formulas():
     v, t, yv, yt = _batch(0)
     expected = {}
-    mv, mt = _memories()
-    m0v, m0t = mv.features.clone(), mt.features.clone()
+    start = _pmm()
+    m0v, m0t = start.image.features.clone(), start.text.features.clone()
     expected["standard"] = (
         sequential_update(m0v, v, yv, 0.3),
         sequential_update(m0t, t, yt, 0.3),
@@ -125,18 +136,67 @@ def test_pmm_modes_equal_their_per_sample_formulas():
         sequential_update(m0t, both_tv, yt.repeat_interleave(2), 0.3),
     )
     expected["hard"] = (hard_update(m0v, v, yv, 0.3), hard_update(m0t, t, yt, 0.3))
-    assert set(expected) == set(PMM_MODES)
+    assert set(expected) == set(PMM_UPDATES)
     results = {}
-    for mode in PMM_MODES:
-        mv, mt = _memories()
-        update_memories(mv, mt, v, t, yv, yt, mode, gather=False)
-        torch.testing.assert_close(mv.features, expected[mode][0], rtol=0, atol=1e-6)
-        torch.testing.assert_close(mt.features, expected[mode][1], rtol=0, atol=1e-6)
-        results[mode] = mv.features
+    for name in PMM_UPDATES:
+        pmm = _pmm(name)
+        pmm.update(v, t, yv, yt, gather=False)
+        torch.testing.assert_close(pmm.image.features, expected[name][0], rtol=0, atol=1e-6)
+        torch.testing.assert_close(pmm.text.features, expected[name][1], rtol=0, atol=1e-6)
+        results[name] = pmm.image.features
     assert not torch.allclose(results["standard"], results["hard"])
     assert not torch.allclose(results["standard"], results["multi_modal"])
-    with pytest.raises(ValueError, match="CPCL.PMM.MODE"):
-        update_memories(mv, mt, v, t, yv, yt, "average")
+    with pytest.raises(ConfigValueError, match="MODEL.CPCL.PMM.UPDATE.NAME"):
+        PrototypicalMultiModalMemory(8, 0.3, "average")
+
+
+def test_pmm_resizes_to_a_checkpoints_cluster_counts_before_loading():
+    saved = _pmm(k=5).state_dict()
+    saved["text.features"] = saved["text.features"][:3]
+    fresh = PrototypicalMultiModalMemory(8, 0.3)  # empty, as a model before --resume
+    assert fresh.image.num_clusters == fresh.text.num_clusters == 0
+    ckpt = {f"module.pmm.{k}": v for k, v in saved.items()}
+    fresh.resize_like(ckpt, "module.pmm.")
+    assert tuple(fresh.image.features.shape) == (5, 8) and fresh.text.num_clusters == 3
+    fresh.load_state_dict(saved)
+    assert all(torch.equal(fresh.state_dict()[k], saved[k]) for k in saved)
+    fresh.resize_like({}, "pmm.")  # nothing stored: shapes unchanged
+    assert fresh.image.num_clusters == 5
+
+
+@pytest.mark.parametrize("update", [True, False])
+def test_model_updates_its_memories_after_losses_on_the_old_memories(synthetic_root, update):
+    """The hook only resets the memories; the model's training step computes its losses against
+    them and then momentum-updates them with the step's features (MODEL.CPCL.PMM.UPDATE)."""
+    opts = ["DATASETS.ROOT", synthetic_root, "MODEL.CPCL.PMM.UPDATE.ENABLED", str(update)]
+    cfg = build_cfg(DEMO, opts + ["MODEL.CPCL.PMM.UPDATE.NAME", "multi_modal"])
+    torch.manual_seed(0)
+    model = CPCLTrainer.build_model(cfg).train()
+    batch = collate([CPCLTrainer.build_train_set(cfg)[i] for i in range(8)])
+    yv, yt = torch.tensor([0, 0, 1, -1, 3, 2, -1, 1]), torch.tensor([2, -1, 0, 1, 1, -1, 2, 0])
+    batch["image_labels"], batch["text_labels"] = yv, yt
+    g = torch.Generator().manual_seed(2)
+    dim = model.backbone.embed_dim
+    model.reset_memories(torch.randn(4, dim, generator=g), torch.randn(3, dim, generator=g))
+    mv, mt = model.pmm.image.features.clone(), model.pmm.text.features.clone()
+
+    feats = model.extract(batch)
+    out = model.losses(feats, batch)
+    v, t = feats["image"].global_feat, feats["text"].global_feat
+    expected = hcm_losses(v, t, yv, yt, mv, mt, cfg.MODEL.CPCL, batch["image_ids"])
+    assert set(out) == {"loss_pcm", "loss_icpm"}
+    for key in out:
+        assert torch.equal(out[key], expected[key]), key
+    ref = PrototypicalMultiModalMemory(dim, 0.1, "multi_modal")
+    ref.load_state_dict({"image.features": mv, "text.features": mt})  # bit-exact copy
+    if update:
+        ref.update(v, t, yv, yt, gather=False)
+        assert not torch.equal(ref.image.features, mv) and not torch.equal(ref.text.features, mt)
+    assert torch.equal(model.pmm.image.features, ref.image.features)
+    assert torch.equal(model.pmm.text.features, ref.text.features)
+    # the in-place update does not break the backward pass through the PCM logits
+    sum(out.values()).backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.parameters())
 
 
 def _rank_main(rank: int, world: int, init_file: str, out_dir: str) -> None:
@@ -151,11 +211,11 @@ def _rank_main(rank: int, world: int, init_file: str, out_dir: str) -> None:
         labels = torch.randint(-1, 4, (5,), generator=g)
         memory.update(feats, labels, gather=True)
     out["memory"] = memory.features
-    for mode in PMM_MODES:
-        mv, mt = _memories()
+    for name in PMM_UPDATES:
+        pmm = _pmm(name)
         for step in range(2):
-            update_memories(mv, mt, *_batch(10 * step + rank), mode=mode, gather=True)
-        out[mode] = (mv.features, mt.features)
+            pmm.update(*_batch(10 * step + rank), gather=True)
+        out[name] = (pmm.image.features, pmm.text.features)
 
     def fail():
         raise ValueError("clustering exploded")
@@ -171,9 +231,10 @@ def _rank_main(rank: int, world: int, init_file: str, out_dir: str) -> None:
     dist.destroy_process_group()
 
 
+@pytest.mark.slow
 def test_memories_stay_identical_across_two_gloo_ranks(tmp_path):
-    """One pair of gloo ranks: PrototypicalMemory.update(gather=True), update_memories in every
-    PMM mode, and run_on_main_and_share with a failure on the main rank."""
+    """One pair of gloo ranks: PrototypicalMemory.update(gather=True), the PMM update in every
+    rule, and run_on_main_and_share with a failure on the main rank."""
     mp.spawn(_rank_main, args=(2, str(tmp_path / "init"), str(tmp_path)), nprocs=2, join=True)
     r0, r1 = (torch.load(tmp_path / f"pmm_rank{r}.pt") for r in (0, 1))
     assert torch.equal(r0["memory"], r1["memory"])
@@ -192,16 +253,16 @@ def test_memories_stay_identical_across_two_gloo_ranks(tmp_path):
         ref.update(torch.cat([b[0] for b in batches]), torch.cat([b[1] for b in batches]))
     torch.testing.assert_close(r0["memory"], ref.features, rtol=0, atol=1e-6)
     assert not torch.equal(r0["memory"], start)
-    for mode in PMM_MODES:
+    for name in PMM_UPDATES:
         # identical on both ranks and equal to one process updating with both ranks' batches
-        mv, mt = _memories()
+        pmm = _pmm(name)
         for step in range(2):
             parts = [_batch(10 * step + r) for r in range(2)]
             cat = [torch.cat([p[k] for p in parts]) for k in range(4)]
-            update_memories(mv, mt, *cat, mode=mode, gather=False)
-        for k, ref in enumerate((mv.features, mt.features)):
-            assert torch.equal(r0[mode][k], r1[mode][k]), mode
-            torch.testing.assert_close(r0[mode][k], ref, rtol=0, atol=1e-6)
+            pmm.update(*cat, gather=False)
+        for k, ref in enumerate((pmm.image.features, pmm.text.features)):
+            assert torch.equal(r0[name][k], r1[name][k]), name
+            torch.testing.assert_close(r0[name][k], ref, rtol=0, atol=1e-6)
     assert r0["error"] == "ValueError: clustering exploded"
     assert r1["error"] == (
         "RuntimeError: test clustering failed on the main process: ValueError: clustering exploded"

@@ -22,9 +22,10 @@ from csdn.distributed import (
     convert_sync_batchnorm,
     count_batchnorm,
 )
-from csdn.encoder import VisualOutputs
-from csdn.model import PHASES
+from csdn.modeling.encoder import VisualOutputs
+from csdn.modeling.meta_arch import PHASES
 from csdn.trainer import CSDNPhasedTrainer
+from fastreid_ext.config import ConfigValueError
 from fastreid_ext.data.vi import write_synthetic_sysu
 from fastreid_ext.engine.distributed import create_ddp_model, unwrap_model
 from fastreid_ext.engine.setup import build_cfg
@@ -32,6 +33,9 @@ from fastreid_ext.utils.atomic_io import is_temporary
 
 from .conftest import REPO
 from .test_csdn_modules import _cfg
+
+# end-to-end: subprocess training / several processes (the slow tier)
+pytestmark = pytest.mark.slow
 
 DEMO = str(REPO / "configs" / "CSDN" / "demo.yml")
 WORLD = 2
@@ -228,15 +232,14 @@ def _trainer_rank(rank: int, init_file: str, root: str, out_dir: str) -> None:
             ),
         )
         trainer = CSDNPhasedTrainer(cfg)
-        model = trainer._trainer.model
+        model = trainer.model
         rec = {"ddp": type(model).__name__, "broadcast": model.broadcast_buffers}
         rec["init_buffers"] = _buffers(trainer)
         # phase 3 starts: new wrapper, text bank drawn with this rank's dropout RNG
         trainer.epoch = trainer.plan.starts[2]
-        trainer._configure_phase(2)
-        trainer._seed_epoch(offset=0)
-        trainer._prepare_phase_data(2)
-        rec["phase3_broadcast"] = trainer._trainer.model.broadcast_buffers
+        trainer.phase_hook.before_epoch()
+        assert trainer.phase_hook.phase == trainer.phase_hook.data_phase == 2
+        rec["phase3_broadcast"] = trainer.model.broadcast_buffers
         rec["phase3_buffers"] = _buffers(trainer)
         # ranks' BN statistics drift apart (no SyncBN on CPU); evaluation uses rank 0's
         bn = unwrap_model(trainer.model).head_gem.bn
@@ -300,7 +303,7 @@ def test_sync_batchnorm_conversion_and_cpu_error():
     assert apply_sync_batchnorm(model, cfg, world_size=2) == 0
     assert not any(isinstance(m, nn.SyncBatchNorm) for m in model.modules())
     cfg.MODEL.CSDN.DDP.SYNC_BN = True
-    with pytest.raises(ValueError, match=r"MODEL\.CSDN\.DDP\.SYNC_BN True needs CUDA"):
+    with pytest.raises(ConfigValueError, match=r"MODEL\.CSDN\.DDP\.SYNC_BN = True .* False when"):
         apply_sync_batchnorm(model, cfg, world_size=2)
     assert not any(isinstance(m, nn.SyncBatchNorm) for m in model.modules())
 
@@ -325,8 +328,8 @@ def test_image_bank_cache_is_written_atomically(tiny_root, tmp_path, monkeypatch
     partial file (the old ``torch.save(bank, path)`` left a truncated bank behind)."""
     cfg = build_cfg(DEMO, _trainer_opts(tiny_root, str(tmp_path / "out")))
     trainer = CSDNPhasedTrainer(cfg)
-    trainer.epoch = 0
-    path = trainer._bank_path(0)
+    banks, module = trainer.phase_hook.banks, unwrap_model(trainer.model)
+    path = banks.path(0)
     os.makedirs(os.path.dirname(path), exist_ok=True)
     with open(path, "wb") as f:
         f.write(b"previous bank")
@@ -341,11 +344,11 @@ def test_image_bank_cache_is_written_atomically(tiny_root, tmp_path, monkeypatch
 
     monkeypatch.setattr(torch, "save", dying_save)
     with pytest.raises(OSError, match="disk full"):
-        trainer._image_bank(0)
+        banks.get(module, 0, resumed=False)
     with open(path, "rb") as f:
         assert f.read() == b"previous bank"
     assert not [n for n in os.listdir(os.path.dirname(path)) if is_temporary(n)]
     monkeypatch.undo()
-    v, r, y = trainer._image_bank(0)
+    v, r, y = banks.get(module, 0, resumed=False)
     saved = torch.load(path, map_location="cpu", weights_only=True)
     assert torch.equal(saved["visible"], v) and torch.equal(saved["labels"], y)

@@ -9,8 +9,9 @@ import torch.nn.functional as F
 from fastreid.modeling.meta_arch import build_model
 
 from csdn.banks import PairBankSampler, extract_pair_bank, extract_text_bank, image_bank_train_mode
-from csdn.encoder import VisualOutputs
-from csdn.losses import msel_loss, wrt_triplet_loss
+from csdn.modeling.encoder import VisualOutputs
+from csdn.modeling.losses import msel_loss, supcon_loss, wrt_triplet_loss
+from fastreid_ext.config import ConfigValueError
 from fastreid_ext.data.vi import (
     INFRARED,
     VISIBLE,
@@ -52,9 +53,9 @@ def _parts(model, images, modality):
 def test_image_losses_weights_views_and_label_order():
     torch.manual_seed(0)
     cfg = _cfg()
-    h = cfg.MODEL.CSDN.HSE  # the authors' lambda1..3 and MSEL weight (vi-reid.md 2.5)
-    weights = (h.TRI_WEIGHT, h.VIS_WEIGHT, h.IR_WEIGHT, h.MSEL_WEIGHT, h.ID_WEIGHT)
-    assert weights == (0.15, 0.05, 0.1, 1.0, 1.0)
+    c = cfg.MODEL.CSDN  # the authors' lambda1..3 and MSEL weight (their main.py defaults)
+    weights = (c.TRIPLET.WEIGHT, c.HSE.VIS_WEIGHT, c.HSE.IR_WEIGHT, c.MSEL.WEIGHT, c.ID.WEIGHT)
+    assert weights == (0.15, 0.05, 0.1, 1.0, 1.0) and c.MSEL.ENABLED
     model = build_model(cfg).eval()  # BatchNorm running statistics: images are independent
     enc = model.image_encoder
     model.image_encoder = _FeatureStub(enc.global_dim, enc.proj_dim)
@@ -93,9 +94,9 @@ def test_image_losses_weights_views_and_label_order():
 
 
 def test_msel_checks_its_inputs():
-    with pytest.raises(ValueError, match="MSEL_WEIGHT.*DATALOADER.NUM_INSTANCE >= 2"):
+    with pytest.raises(ConfigValueError, match="MSEL.ENABLED.*DATALOADER.NUM_INSTANCE < 2"):
         build_model(_cfg("DATALOADER.NUM_INSTANCE", "1"))
-    build_model(_cfg("DATALOADER.NUM_INSTANCE", "1", "MODEL.CSDN.HSE.MSEL_WEIGHT", "0.0"))
+    build_model(_cfg("DATALOADER.NUM_INSTANCE", "1", "MODEL.CSDN.MSEL.ENABLED", "False"))
     model = build_model(_cfg()).train()
     batch = _image_batch()
     batch["ir_targets"] = batch["vis_targets"].flip(0)
@@ -114,8 +115,6 @@ def test_fusion_losses_index_the_class_texts():
         {"feats": feats, "targets": y, "class_text_vis": t_vis, "class_text_ir": t_ir}
     )
     fused = model.fusion(t_vis[y], t_ir[y])
-    from csdn.losses import supcon_loss
-
     torch.testing.assert_close(got["loss_sii_i2t"], supcon_loss(feats, fused, y, y))
     torch.testing.assert_close(got["loss_sii_t2i"], supcon_loss(fused, feats, y, y))
 
@@ -174,5 +173,5 @@ def test_image_bank_batches_and_fusion_bank_quirk_switch(tmp_path):
     whole = PairBankSampler(sampler.global_batches(), 4).pairs  # all 32 pairs
     for step, (a, b) in enumerate(zip(*ranks)):
         assert a + b == whole[step * 4 : step * 4 + 4].tolist()
-    with pytest.raises(ValueError, match="PHASE1.IMS_PER_BATCH=5 must be"):
+    with pytest.raises(ConfigValueError, match="PHASE1.IMS_PER_BATCH = 5 .* divisible by"):
         PairBankSampler(sampler.global_batches(), 5, 0, 2)

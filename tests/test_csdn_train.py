@@ -16,8 +16,12 @@ from fastreid_ext.engine.setup import build_cfg
 
 from .conftest import REPO, run_train_net
 
+# end-to-end: subprocess training / several processes (the slow tier)
+pytestmark = pytest.mark.slow
+
 DEMO = str(REPO / "configs" / "CSDN" / "demo.yml")
 NUM_TEST_IDS = 40
+PHASE_KEY = "hook_CSDNPhaseHook"  # the phase hook's checkpointed state
 
 
 @pytest.fixture(scope="module")
@@ -94,7 +98,7 @@ def test_resume_inside_and_across_phases_matches_uninterrupted(tiny_root, tmp_pa
         )
         if stop == "2":
             ckpt = _load(parts / "model_0001.pth")
-            assert ckpt["csdn_phase"] == {"phase": 1, "name": "fusion"} and ckpt["epoch"] == 1
+            assert ckpt[PHASE_KEY] == {"phase": 1, "name": "fusion"} and ckpt["epoch"] == 1
             assert not (parts / "model_final.pth").exists()
             # a fusion-phase checkpoint exists: the prompt-phase bank cache is gone
             banks = sorted(p.name for p in parts.glob("csdn_bank_phase*.pt"))
@@ -104,7 +108,7 @@ def test_resume_inside_and_across_phases_matches_uninterrupted(tiny_root, tmp_pa
     assert a["model"].keys() == b["model"].keys()
     for k in a["model"]:
         assert torch.equal(a["model"][k], b["model"][k]), k
-    assert a["csdn_phase"]["name"] == "image" and b["csdn_phase"]["name"] == "image"
+    assert a[PHASE_KEY]["name"] == "image" and b[PHASE_KEY]["name"] == "image"
     # each phase changed its own modules only
     after = [_load(full / f"model_{e:04d}.pth")["model"] for e in (0, 2)] + [a["model"]]
     prompt, fusion, stem = (

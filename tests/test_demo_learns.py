@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from .conftest import LEARN_IMAGES_PER_ID, LEARN_TEST_IDS, REPO, run_train_net
+
+# end-to-end: subprocess training / several processes (the slow tier)
+pytestmark = pytest.mark.slow
 
 NUM_TEST_IDS, IMAGES_PER_ID = LEARN_TEST_IDS, LEARN_IMAGES_PER_ID
 

@@ -21,6 +21,9 @@ import torch
 
 from .conftest import REPO, TOOLS, run_train_net, tiny_opts
 
+# end-to-end: subprocess training / several processes (the slow tier)
+pytestmark = pytest.mark.slow
+
 DEMO = str(REPO / "configs" / "Baseline" / "demo.yml")
 PLUGINS = str(REPO / "tests" / "plugins")
 EPOCHS = 4

@@ -25,10 +25,13 @@ from fastreid_ext.engine.launch import launch, resolve_abort_timeout
 
 from .conftest import REPO, TOOLS, IsolatedRun, run_isolated, tiny_opts
 
+# end-to-end: subprocess training / several processes (the slow tier)
+pytestmark = pytest.mark.slow
+
 DEMO = str(REPO / "configs" / "Baseline" / "demo.yml")
 PLUGINS = str(REPO / "tests" / "plugins")
 ABORT_TIMEOUT = 20
-# The bound: every rank gone within 60 s of the failure.
+# The required bound: every rank gone within 60 s of the failure.
 BOUND_S = 60
 # Generous for start-up on a loaded 2-core machine; the run is killed (all processes) after it.
 RUN_TIMEOUT_S = 400

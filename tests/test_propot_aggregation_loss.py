@@ -9,6 +9,7 @@ import math
 import pytest
 import torch
 
+from fastreid_ext.config import ConfigValueError
 from propot.modeling import (
     AdaptivePrototypeAggregation,
     build_prototype_aggregation,
@@ -47,8 +48,8 @@ def _softmax(scores):
 
 @pytest.mark.parametrize("normalize", [False, True])
 def test_apa_tau_and_normalize_options_by_hand(normalize):
-    """``AGGREGATION.APA_TAU`` divides the scores of eq. (5); ``APA_NORMALIZE`` makes them cosines.
-    The weighted sum of eq. (6) still uses the raw pt and candidates."""
+    """``AGGREGATION.APA.TAU`` divides the scores of eq. (5); ``APA.NORMALIZE`` makes them
+    cosines. The weighted sum of eq. (6) still uses the raw pt and candidates."""
     pt = [[1.0, 0.0], [0.0, 2.0]]
     cands = [
         [[0.5, 0.5], [1.0, 0.0]],  # p_a
@@ -66,8 +67,8 @@ def test_apa_tau_and_normalize_options_by_hand(normalize):
         expected.append([pt[i][j] + sum(w[k] * cands[k][i][j] for k in range(3)) for j in range(2)])
     cfg = propot_cfg(
         [
-            "MODEL.PROPOT.AGGREGATION.APA_TAU", str(tau),
-            "MODEL.PROPOT.AGGREGATION.APA_NORMALIZE", str(normalize),
+            "MODEL.PROPOT.AGGREGATION.APA.TAU", str(tau),
+            "MODEL.PROPOT.AGGREGATION.APA.NORMALIZE", str(normalize),
         ]
     )  # fmt: skip
     apa = build_prototype_aggregation(cfg, dim=2, num_candidates=3)
@@ -75,8 +76,8 @@ def test_apa_tau_and_normalize_options_by_hand(normalize):
     assert apa.tau == tau and apa.normalize == normalize
     out = apa(torch.tensor(pt), torch.tensor(cands), modality=1)
     assert torch.allclose(out, torch.tensor(expected), atol=1e-6)
-    with pytest.raises(ValueError, match="APA_TAU"):
-        build_prototype_aggregation(propot_cfg(["MODEL.PROPOT.AGGREGATION.APA_TAU", "0"]), 2, 3)
+    with pytest.raises(ValueError, match="tau must be > 0"):
+        AdaptivePrototypeAggregation(tau=0.0)
 
 
 @pytest.mark.parametrize("name", ["sum", "mean", "mlp", "learned", "APA"])
@@ -107,7 +108,7 @@ def test_table5_aggregations(name):
     )
     if name in ("sum", "mean", "APA"):
         assert torch.allclose(no_res(pt, cands, 1), out - pt, atol=1e-6)
-    with pytest.raises(KeyError, match="AGGREGATION.NAME"):
+    with pytest.raises(ConfigValueError, match=r"MODEL\.PROPOT\.AGGREGATION\.NAME = 'max'"):
         build_prototype_aggregation(propot_cfg(["MODEL.PROPOT.AGGREGATION.NAME", "max"]), 6, 3)
 
 
@@ -138,10 +139,12 @@ def test_prototype_to_instance_loss_hand_made_case():
     )
     assert got_sum.item() == pytest.approx(with_log + l9, rel=1e-6)
     assert got_mean.item() == pytest.approx((with_log + l9) / 2, rel=1e-6)
-    # the default reduction is the mean, as MODEL.PROPOT.LOSS.P2I_REDUCTION's default
+    # the default reduction is the mean, as MODEL.PROPOT.P2I.REDUCTION's default
     default = prototype_to_instance_loss(protos, proto_ids, feats, pids2, tau)
     assert default.item() == pytest.approx((with_log + l9) / 2, rel=1e-6)
-    assert propot_cfg().MODEL.PROPOT.LOSS.P2I_REDUCTION == "mean"
+    assert propot_cfg().MODEL.PROPOT.P2I.REDUCTION == "mean"
+    with pytest.raises(ValueError, match="reduction must be 'sum' or 'mean'"):
+        prototype_to_instance_loss(protos, proto_ids, feats, pids, tau, reduction="max")
     # no identity of the batch among the prototypes: 0, still differentiable
     protos.requires_grad_(True)
     zero = prototype_to_instance_loss(protos, torch.tensor([1, 2]), feats, pids, tau)
@@ -165,12 +168,13 @@ def _loss(protos, v, t, pids, batch_only):
     [
         (),
         ("MODEL.PROPOT.IPP.QUERY", "adapted", "MODEL.PROPOT.IPP.SHARING", "per_call"),
-        ("MODEL.PROPOT.AGGREGATION.NAME", "mlp", "MODEL.PROPOT.NORM_FIRST", "False"),
+        ("MODEL.PROPOT.AGGREGATION.NAME", "mlp", "MODEL.PROPOT.BLOCK.NORM_FIRST", "False"),
     ],
 )
 def test_batch_identities_only_equals_all_prototypes(opts):
     """Computing DPP/IPP/APA for the batch identities only gives the loss and the gradients of
-    the computation over all N prototypes (text-reid.md §3.4 [derived])."""
+    the computation over all N prototypes: DPP encodes each identity's tokens on its own, the
+    CAD has no attention among prototypes, and L_p2i skips identities without instances."""
     protos = make_prototypes(opts)
     torch.manual_seed(4)
     v = torch.randn(6, 16, requires_grad=True)

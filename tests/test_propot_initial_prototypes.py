@@ -12,13 +12,13 @@ from types import SimpleNamespace
 import pytest
 import torch
 from fastreid.modeling.meta_arch import build_model
-from fastreid.utils.checkpoint import Checkpointer
 
 import propot.initial_prototypes as ip
 from fastreid_ext.data.datasets.base import TrainPair
 from fastreid_ext.data.text_image import load_text_image_dataset, read_image
 from fastreid_ext.data.transforms import build_image_transforms
 from fastreid_ext.engine import build_cfg
+from fastreid_ext.engine.checkpoint import ExtCheckpointer
 from fastreid_ext.engine.feature_extraction import extract_pair_features
 from fastreid_ext.text import ClipTokenizer
 from propot import PropotInitialPrototypeHook
@@ -100,7 +100,7 @@ def test_initial_prototypes_are_identity_sums_and_cached(synthetic_root, tmp_pat
         str(tmp_path / "out"),
         "MODEL.PROPOT.INIT.CACHE_DIR",
         str(cache),
-        "MODEL.PROPOT.INIT.IMAGE_COUNT",
+        "MODEL.PROPOT.INIT.IMAGE_SUM_OVER",
         "image",
     )
     img_v, img_t, source = ip.load_or_compute_initial_prototypes(
@@ -116,6 +116,33 @@ def test_initial_prototypes_are_identity_sums_and_cached(synthetic_root, tmp_pat
     files[0].write_bytes(b"not a checkpoint")
     _, _, source = ip.load_or_compute_initial_prototypes(model, pairs, labels, NUM_IDS, cfg)
     assert source == "computed" and len(calls) == 6
+
+
+def test_extraction_batch_does_not_change_the_prototypes(synthetic_root, tmp_path, monkeypatch):
+    """MODEL.PROPOT.INIT.IMS_PER_BATCH (total over all processes) sets the extraction batch;
+    the prototypes do not depend on it."""
+    out = str(tmp_path / "out")
+    batch_sizes = []
+    real = ip.extract_pair_features
+
+    def recording(*args, **kwargs):
+        batch_sizes.append(kwargs["batch_size"])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(ip, "extract_pair_features", recording)
+    results = []
+    for ims in ("0", "5"):
+        cfg = propot_cfg(synthetic_root, out, "MODEL.PROPOT.INIT.IMS_PER_BATCH", ims)
+        torch.manual_seed(0)
+        model = build_model(cfg)
+        pairs = load_text_image_dataset("CUHKPEDES", cfg).train
+        labels = [p.pid for p in pairs]
+        cfg.MODEL.PROPOT.INIT.CACHE_DIR = str(tmp_path / f"cache{ims}")
+        results.append(ip.load_or_compute_initial_prototypes(model, pairs, labels, NUM_IDS, cfg))
+    assert batch_sizes == [0, 5]  # 0: extract_pair_features falls back to TEST.IMS_PER_BATCH
+    assert results[0][2] == results[1][2] == "computed"
+    assert torch.allclose(results[0][0], results[1][0], atol=1e-4)
+    assert torch.allclose(results[0][1], results[1][1], atol=1e-4)
 
 
 def test_training_data_digest_covers_every_field_and_is_fast(tmp_path):
@@ -197,8 +224,8 @@ def test_normalisation_options_follow_eq_1():
     assert torch.equal(norm_v[2], torch.zeros(2))  # no instance: stays 0
     with pytest.raises(ValueError, match=r"labels must lie in \[0, 1\)"):
         ip.initial_prototypes_from_features(feats_v, feats_t, labels, 1)
-    with pytest.raises(KeyError, match="IMAGE_COUNT"):
-        ip.initial_prototypes_from_features(feats_v, feats_t, labels, 3, image_count="caption")
+    with pytest.raises(ValueError, match="image_sum_over must be one of"):
+        ip.initial_prototypes_from_features(feats_v, feats_t, labels, 3, image_sum_over="caption")
 
 
 def test_hook_sources_and_missing_hook_error(synthetic_root, tmp_path):
@@ -246,7 +273,7 @@ def _run_hook(cfg, model, train_set, caplog):
 
 
 def test_checkpoint_made_for_other_data_is_recomputed(synthetic_root, tmp_path, caplog):
-    """MODEL.WEIGHTS from a Propot checkpoint (loaded by fast-reid's Checkpointer, as the
+    """MODEL.WEIGHTS from a Propot checkpoint (loaded by the engine's ExtCheckpointer, as the
     trainer does): the prototypes are reused only for the same training data."""
     from fastreid_ext.engine.trainer import ExtTrainer
 
@@ -262,7 +289,7 @@ def test_checkpoint_made_for_other_data_is_recomputed(synthetic_root, tmp_path, 
     def loaded(num_ids=NUM_IDS, state_path=path):
         c = propot_cfg(synthetic_root, out, "MODEL.HEADS.NUM_CLASSES", str(num_ids))
         m = build_model(c)
-        Checkpointer(m).load(str(state_path))
+        ExtCheckpointer(m).load(str(state_path))
         return c, m
 
     c, same = loaded()

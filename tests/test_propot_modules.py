@@ -1,6 +1,7 @@
 """Propot's prototype modules on small tensors: SAE/CAD blocks, DPP (eq. 2), IPP (eqs. 3-4), the
-Table-4 parameter counts, invalid settings, and loading prototype buffers from a state dict.
-Aggregation and L_p2i: tests/test_propot_aggregation_loss.py."""
+Table-4 parameter counts and loading prototype buffers from a state dict. Aggregation and L_p2i:
+tests/test_propot_aggregation_loss.py; config keys and their validation:
+tests/test_propot_config.py."""
 
 from __future__ import annotations
 
@@ -19,7 +20,6 @@ from propot.modeling import (
     InstanceConditionalPrompting,
     PropotAttentionBlock,
     PropotPrototypes,
-    prototype_to_instance_loss,
 )
 
 from .conftest import REPO
@@ -32,7 +32,9 @@ def propot_cfg(opts=()):
     cfg = get_cfg()
     add_fastreid_ext_config(cfg)
     add_propot_config(cfg)
-    cfg.merge_from_list(["MODEL.PROPOT.HEADS", "2", "MODEL.PROPOT.IPP.DEPTH", "2", *opts])
+    cfg.merge_from_list(
+        ["MODEL.PROPOT.BLOCK.NUM_HEADS", "2", "MODEL.PROPOT.IPP.NUM_BLOCKS", "2", *opts]
+    )
     return cfg
 
 
@@ -58,7 +60,7 @@ def manual_block(block: PropotAttentionBlock, x: torch.Tensor, memory=None) -> t
 def test_dpp_output_is_the_sae_at_the_prototype_slot():
     torch.manual_seed(0)
     n, k, d = 5, 3, 8
-    dpp = DomainConditionalPrompting(n, d, context_length=k, depth=1, heads=2)
+    dpp = DomainConditionalPrompting(n, d, num_contexts=k, depth=1, heads=2)
     pt_v, pt_t = torch.randn(n, d), torch.randn(n, d)
     ids = torch.tensor([3, 0])
     a_v, a_t = dpp(ids, pt_v[ids], pt_t[ids])
@@ -75,7 +77,7 @@ def test_dpp_output_is_the_sae_at_the_prototype_slot():
         full_t[ids], a_t, atol=1e-6
     )
     assert dpp.contexts.shape == (2, n, k, d)
-    separate = DomainConditionalPrompting(n, d, context_length=k, heads=2, share_encoder=False)
+    separate = DomainConditionalPrompting(n, d, num_contexts=k, heads=2, share_encoder=False)
     assert len(separate.encoders) == 2
 
 
@@ -118,7 +120,8 @@ def test_ipp_calls_match_eqs_3_and_4():
 
 
 def test_paper_block_parameter_count():
-    """A 512-wide attention + 2048-wide FFN block has 3,152,384 parameters (text-reid.md §3.3)."""
+    """A 512-wide attention + 2048-wide FFN block has 3,152,384 parameters: the +3.15M of IPP in
+    the paper's Table 4 (rows 3-5), whatever calls are enabled."""
     block = PropotAttentionBlock(512, 8, ffn_ratio=4)
     assert sum(p.numel() for p in block.parameters()) == 3_152_384
 
@@ -153,30 +156,11 @@ def make_prototypes(opts=(), n=12, d=16):
     return protos
 
 
-def test_invalid_settings_name_the_key():
-    with pytest.raises(KeyError, match="IPP.SHARING"):
-        make_prototypes(["MODEL.PROPOT.IPP.SHARING", "some"])
-    with pytest.raises(ValueError, match="IPP.QUERY 'adapted'"):
-        make_prototypes(["MODEL.PROPOT.IPP.QUERY", "adapted", "MODEL.PROPOT.DPP.ENABLED", "False"])
-    with pytest.raises(ValueError, match="none is enabled"):
-        make_prototypes(
-            [
-                "MODEL.PROPOT.AGGREGATION.NAME",
-                "learned",
-                "MODEL.PROPOT.DPP.ENABLED",
-                "False",
-                "MODEL.PROPOT.IPP.INTRA",
-                "False",
-                "MODEL.PROPOT.IPP.INTER",
-                "False",
-            ]
-        )
+def test_set_initial_rejects_another_identity_count():
+    protos = make_prototypes()
     with pytest.raises(ValueError, match="must be"):
-        make_prototypes().set_initial(torch.zeros(3, 16), torch.zeros(3, 16))
-    with pytest.raises(KeyError, match="P2I_REDUCTION"):
-        prototype_to_instance_loss(
-            torch.zeros(1, 2), torch.zeros(1), torch.zeros(1, 2), torch.zeros(1), reduction="x"
-        )
+        protos.set_initial(torch.zeros(3, 16), torch.zeros(3, 16))
+    assert bool(protos.initialized)  # the earlier prototypes stay
 
 
 def test_loading_prototypes_of_another_identity_count_resets_initialized(caplog):

@@ -12,6 +12,7 @@ import sys
 
 import pytest
 import torch
+import yaml
 from fastreid.modeling.meta_arch import build_model
 
 from fastreid_ext.data.synthetic import write_synthetic_dataset
@@ -24,13 +25,17 @@ from fastreid_ext.text import ClipTokenizer, mask_tokens
 from .conftest import REPO, TOOLS, TWO_GLOO_RANKS, run_train_net, tiny_opts
 from .test_propot_initial_prototypes import NUM_IDS, direct_sums
 
+# end-to-end: subprocess training / several processes (the slow tier)
+pytestmark = pytest.mark.slow
+
 CONFIGS = REPO / "configs" / "Propot"
 DEMO = str(CONFIGS / "demo.yml")
 PLUGINS = str(REPO / "tests" / "plugins")
 
 
 def _two_rank_run(root: str, out, *opts: str) -> None:
-    """One epoch of the demo config on two gloo ranks, recording the initial prototypes."""
+    """One epoch of the demo config on two gloo ranks, recording the initial prototypes (the
+    probe hook replaces PropotInitialPrototypeHook and records what it produced)."""
     run_train_net(
         [
             "--config-file",
@@ -38,9 +43,9 @@ def _two_rank_run(root: str, out, *opts: str) -> None:
             *TWO_GLOO_RANKS,
             *tiny_opts(root, str(out), epochs=1),
             "PLUGINS",
-            "['propot_probe']",
+            "['propot','propot_probe']",
             "TRAINER.HOOKS",
-            "['PropotInitialPrototypeHook','PropotProbeHook']",
+            "['PropotProbeHook']",
             *opts,
         ],
         env_extra={"PYTHONPATH": PLUGINS},
@@ -76,6 +81,17 @@ def test_ddp_ranks_share_initial_prototypes_equal_to_identity_sums(
     state = torch.load(ddp_run / "model_final.pth", weights_only=True)["model"]
     assert torch.equal(state["prototypes.initial_v"], r0["initial_v"])
     assert bool(state["prototypes.initialized"])
+
+
+def test_dumped_config_holds_the_propot_keys_and_no_other_method(ddp_run):
+    """Base-Propot.yml imports its package through PLUGINS: the run's config.yaml has
+    MODEL.PROPOT (with the keys of propot/config.py) and nothing of CPCL or CSDN."""
+    dumped = yaml.safe_load((ddp_run / "config.yaml").read_text())
+    assert "propot" in dumped["PLUGINS"]
+    assert dumped["MODEL"]["PROPOT"]["DPP"]["NUM_CONTEXTS"] == 4
+    assert dumped["MODEL"]["PROPOT"]["IPP"]["INTRA"]["ENABLED"] is True
+    for other in ("CPCL", "CSDN"):
+        assert other not in dumped and other not in dumped["MODEL"], other
 
 
 def test_ddp_ranks_reload_initial_prototypes_from_the_cache(ddp_run, synthetic_root, tmp_path):
@@ -121,7 +137,7 @@ def _config_files():
 
 def _expected_modules(cfg):
     c = cfg.MODEL.PROPOT
-    calls = [n for n, on in (("intra", c.IPP.INTRA), ("inter", c.IPP.INTER)) if on]
+    calls = [n for n, on in (("intra", c.IPP.INTRA.ENABLED), ("inter", c.IPP.INTER.ENABLED)) if on]
     return c.ENABLED, c.DPP.ENABLED, calls
 
 
@@ -132,7 +148,7 @@ def test_every_config_builds_and_trains_two_steps():
     tiny = [
         "MODEL.DEVICE", "cpu", "MODEL.CLIP.NAME", "tiny-vit", "MODEL.CLIP.RANDOM_INIT", "True",
         "INPUT.SIZE_TRAIN", "[64,32]", "INPUT.SIZE_TEST", "[64,32]", "MODEL.HEADS.NUM_CLASSES", "6",
-        "MODEL.T2I.MLM_HEADS", "2", "MODEL.T2I.MLM_DEPTH", "1", "MODEL.PROPOT.IPP.DEPTH", "1",
+        "MODEL.T2I.MLM_HEADS", "2", "MODEL.T2I.MLM_DEPTH", "1", "MODEL.PROPOT.IPP.NUM_BLOCKS", "1",
         "SOLVER.AMP.ENABLED", "False",
     ]  # fmt: skip
     tok = ClipTokenizer()
@@ -206,9 +222,9 @@ def test_demo_learns_and_is_not_worse_than_the_baseline(tmp_path):
     """Propot's demo recipe and the baseline's on the same synthetic data and budget (reduced:
     100 training ids, 6 epochs), trained side by side.
 
-    The issue's "full Propot" comparison runs Table 4 row 6 (DPP + IPP + APA + L_p2i, no MLM)
-    against row 0: MLM is left out of both demo recipes because its 49408-way head dominates the
-    CPU time of the tiny model, so both sides differ only by the prototype modules and L_p2i."""
+    The demo's "Propot" is Table 4 row 6 (DPP + IPP + APA + L_p2i, no MLM), compared with row 0:
+    MLM is left out of both demo recipes because its 49408-way head dominates the CPU time of the
+    tiny model, so both sides differ only by the prototype modules and L_p2i."""
     root = tmp_path / "data"
     num_test_ids = 40
     write_synthetic_dataset(

@@ -11,7 +11,12 @@ import textwrap
 from datetime import datetime
 from pathlib import Path
 
+import pytest
+
 from .conftest import REPO, TOOLS, run_isolated, tiny_opts
+
+# end-to-end: subprocess training / several processes (the slow tier)
+pytestmark = pytest.mark.slow
 
 DEMO = str(REPO / "configs" / "Baseline" / "demo.yml")
 PLUGINS = str(REPO / "tests" / "plugins")
@@ -96,11 +101,12 @@ SETUP_AND_LOG = textwrap.dedent(
 
 
 def test_plugin_package_loggers_reach_log_txt(tmp_path):
-    """CSDN (an entry-point plugin) and a PLUGINS module log under their own package names;
-    both lines must land in OUTPUT_DIR/log.txt (fast-reid configures only "fastreid")."""
+    """Two PLUGINS modules, a project package (csdn) and a module on PYTHONPATH, log under their own
+    package names; both lines must land in OUTPUT_DIR/log.txt (fast-reid configures only
+    "fastreid")."""
     out = tmp_path / "logs"
     cmd = [sys.executable, "-c", SETUP_AND_LOG, "--config-file", DEMO]
-    cmd += ["OUTPUT_DIR", str(out), "PLUGINS", "['mylab_method']"]
+    cmd += ["OUTPUT_DIR", str(out), "PLUGINS", "['csdn', 'mylab_method']"]
     run = run_isolated(cmd, {"PYTHONPATH": PLUGINS}, timeout=300)
     assert run.returncode == 0, run.stderr[-4000:]
     log = (out / "log.txt").read_text()

@@ -12,6 +12,9 @@ import torch
 
 from .conftest import REPO, TWO_GLOO_RANKS, run_train_net, tiny_opts
 
+# end-to-end: subprocess training / several processes (the slow tier)
+pytestmark = pytest.mark.slow
+
 DEMO = str(REPO / "configs" / "Baseline" / "demo.yml")
 PLUGINS = str(REPO / "tests" / "plugins")
 

@@ -1,7 +1,11 @@
 """Sparse k-reciprocal Jaccard distance (Zhong et al. re-ranking as used by cluster-contrast).
 
-Definition (cluster-contrast ``compute_jaccard_distance``; text-reid.md §2.3 step 2), for
-L2-normalised features and the ranking of :func:`exact_knn` (k1 neighbours, self included):
+Definition: k-reciprocal encoding of Zhong et al., "Re-ranking Person Re-identification with
+k-reciprocal Encoding", CVPR 2017, Sec. 3 (k-reciprocal neighbours, their expansion, Gaussian
+weights, local query expansion, Jaccard distance), as implemented by ``compute_jaccard_distance``
+in cluster-contrast's ``clustercontrast/utils/faiss_rerank.py`` (github.com/alibaba/
+cluster-contrast-reid), the pseudo-label distance of CPCL's clustering step. For L2-normalised
+features and the ranking of :func:`exact_knn` (k1 neighbours, self included):
 
 * ``R(i, k) = {j in rank_i[:c] : i in rank_j[:c]}`` with ``c = min(k + 1, k1)``;
 * expansion: ``R*(i) = R(i, k1)`` united with ``R(c, round(k1 / 2))`` of every ``c in R(i, k1)``

@@ -1,4 +1,7 @@
-"""Outlier Pseudo Label Mining (CPCL's OPLM; text-reid.md §2.3 step 4), vectorised.
+"""Outlier Pseudo Label Mining (OPLM of CPCL, Zhao et al., arXiv 2401.10011), vectorised.
+
+CPCL's code is not public; the rule below and its variants (``OPLM_MODES``) are the reading
+documented, with the choices it makes, in projects/CPCL/README.md.
 
 An outlier of one modality whose paired sample is clustered in the other modality takes the
 label of its most similar clustered sample among the pairs of that other-modality cluster.

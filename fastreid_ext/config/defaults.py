@@ -64,23 +64,32 @@ def add_fastreid_ext_config(cfg: CN) -> None:
     _C.INPUT.TEXT.MLM = False
 
     # ---------------------------------------------------------------- text-image baseline
+    # (IRRA: Jiang & Ye, CVPR 2023, Sec. 3; README "Baseline")
     _C.MODEL.T2I = CN()
-    # Losses of the CLIP dual-encoder baseline: any of "SDM", "ID", "MLM".
+    # Losses of the CLIP dual-encoder baseline: any of "SDM" (similarity distribution matching),
+    # "ID" (identity classification), "MLM" (masked language modelling on the image tokens).
     _C.MODEL.T2I.LOSSES = ["SDM", "ID"]
-    # SDM temperature tau (logits are cos / tau) and the epsilon inside log(q + eps).
+    # SDM temperature tau: the logits are cos(v, t) / tau.
     _C.MODEL.T2I.SDM_TAU = 0.02
+    # SDM epsilon inside log(q + eps), q the normalised label-matching distribution.
     _C.MODEL.T2I.SDM_EPS = 1e-8
+    # Weight of the SDM loss (image-to-text + text-to-image).
     _C.MODEL.T2I.SDM_WEIGHT = 1.0
-    # ID loss: shared linear classifier over the training identities.
+    # Weight of the ID loss: one linear classifier over the training identities, shared by the
+    # image and the text features (the mean of the two cross-entropies).
     _C.MODEL.T2I.ID_WEIGHT = 1.0
-    # MLM head: cross-attention + transformer of this depth (IRRA: 4), and the loss weight.
+    # MLM head: one cross-attention layer (masked caption tokens attend to the image tokens), then
+    # a transformer of this many layers (IRRA: 4).
     _C.MODEL.T2I.MLM_DEPTH = 4
+    # Attention heads of the MLM head's cross-attention and transformer layers.
     _C.MODEL.T2I.MLM_HEADS = 8
+    # Weight of the MLM loss (cross-entropy over the CLIP vocabulary at the masked positions).
     _C.MODEL.T2I.MLM_WEIGHT = 1.0
 
     # ---------------------------------------------------------------- solver additions
-    # Adam / AdamW betas and eps (IRRA: eps 1e-3).
+    # Adam / AdamW betas (beta1, beta2).
     _C.SOLVER.BETAS = (0.9, 0.999)
+    # Adam / AdamW epsilon of the denominator (IRRA: 1e-3).
     _C.SOLVER.EPS = 1e-8
     # Adam / AdamW implementation: torch's fused kernel (one pass over all parameters; same update
     # rule, much cheaper for the millions of per-identity parameters of prototype methods) or the
@@ -90,6 +99,7 @@ def add_fastreid_ext_config(cfg: CN) -> None:
     # every other trainable parameter is a "new module" and gets BASE_LR * NEW_MODULE_LR_FACTOR
     # (biases: see CLASSIFIER_KEYWORDS).
     _C.SOLVER.PRETRAINED_PREFIXES = ["backbone."]
+    # LR factor of the new modules (IRRA: 5).
     _C.SOLVER.NEW_MODULE_LR_FACTOR = 1.0
     # New-module parameters with a name component containing one of these train at
     # BASE_LR * NEW_MODULE_LR_FACTOR, biases included (IRRA's "classifier"/"mlm_head" rule); other

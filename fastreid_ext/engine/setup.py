@@ -1,4 +1,5 @@
-"""Config construction for ``tools/train_net.py``: plugins, ``add_*_config``, file, opts, setup."""
+"""Config construction for ``fastreid-ext-train`` / ``tools/train_net.py``: the argument parser,
+plugins, ``add_*_config``, file, opts, device check, setup."""
 
 from __future__ import annotations
 
@@ -13,19 +14,21 @@ from typing import Iterator, List, Optional, Sequence
 import fastreid.engine.defaults as fastreid_defaults
 import numpy as np
 import torch
-import yaml
 from fastreid.config import CfgNode, get_cfg
 from fastreid.engine import default_argument_parser, default_setup
 from fastreid.utils import comm
 from fastreid.utils.logger import setup_logger
 
-from ..config import add_fastreid_ext_config, apply_config_extensions
+from ..config import ConfigValueError, add_fastreid_ext_config, apply_config_extensions
+from ..model_zoo import SCHEME, resolve_config_path, summarize_configs
 from .abort import ABORT_TIMEOUT_ENV, DEFAULT_ABORT_TIMEOUT
+from .config_files import load_yaml_with_base, merge_config_file
 from .plugins import load_plugins, loaded_plugin_packages
 from .run_info import begin_run_record, earlier_run_files, read_run_info
 
 __all__ = [
     "argument_parser",
+    "check_device",
     "plugins_from_config_file",
     "build_cfg",
     "setup_cfg",
@@ -36,11 +39,22 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 
-def argument_parser() -> argparse.ArgumentParser:
+def argument_parser(prog: Optional[str] = None) -> argparse.ArgumentParser:
     """fast-reid's parser (``--config-file --resume --eval-only --num-gpus --num-machines
-    --machine-rank --dist-url`` and trailing ``KEY VALUE`` overrides)."""
+    --machine-rank --dist-url`` and trailing ``KEY VALUE`` overrides) plus ``--abort-timeout``;
+    ``--help`` ends with the shipped configs and the common overrides."""
     parser = default_argument_parser()
-    parser.description = "fastreid_ext training / evaluation (all methods and datasets)"
+    parser.prog = prog or parser.prog
+    parser.description = (
+        "Train or evaluate any fastreid_ext method (Baseline, Propot, CPCL, CSDN) from a config."
+    )
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    parser.epilog = _help_epilog(parser.prog)
+    for action in parser._actions:
+        if action.dest == "config_file":
+            action.help = (
+                f"config file: a path, or a shipped config's name ({SCHEME}Baseline/demo.yml)"
+            )
     parser.add_argument(
         "--abort-timeout",
         type=float,
@@ -52,27 +66,49 @@ def argument_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _read_yaml_chain(path: str, seen: Optional[set] = None) -> List[dict]:
-    """Raw YAML dicts of ``path`` and its ``_BASE_`` ancestors, ancestors first."""
-    seen = seen or set()
-    path = os.path.abspath(path)
-    if path in seen:
-        raise ValueError(f"Config file {path} inherits from itself through _BASE_")
-    seen.add(path)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"Config file not found: {path}")
-    with open(path) as f:
-        data = yaml.safe_load(f) or {}
-    if not isinstance(data, dict):
-        raise ValueError(f"Config file {path} must contain a mapping at the top level")
-    chain: List[dict] = []
-    base = data.get("_BASE_")
-    if base:
-        if not (base.startswith("/") or "://" in base):
-            base = os.path.join(os.path.dirname(path), base)
-        chain.extend(_read_yaml_chain(base, seen))
-    chain.append(data)
-    return chain
+# The overrides most runs need, shown by --help: (KEY VALUE, what it does).
+COMMON_OVERRIDES = (
+    ("MODEL.DEVICE cpu", "train on the CPU (the real-data configs say cuda)"),
+    ("MODEL.CLIP.WEIGHTS /path/ViT-B-16.pt", "local CLIP weights (OpenAI archive or state dict)"),
+    ("DATASETS.ROOT /path/to/datasets", "CUHK-PEDES/, SYSU-MM01/, ... (else $FASTREID_DATASETS)"),
+    ("OUTPUT_DIR output/my_run", "where logs, checkpoints and results.json go"),
+    ("SOLVER.IMS_PER_BATCH 64", "total batch over all processes"),
+    ("MODEL.WEIGHTS model_final.pth", "the checkpoint to evaluate (with --eval-only)"),
+)
+
+
+def _help_epilog(prog: str) -> str:
+    """The shipped configs (one line per folder) and the common overrides, for ``--help``."""
+    try:
+        configs = "\n".join(f"  {line}" for line in summarize_configs())
+    except FileNotFoundError as exc:
+        configs = f"  ({exc})"
+    width = max(len(key) for key, _ in COMMON_OVERRIDES) + 2
+    overrides = "\n".join(f"  {key:<{width}}{what}" for key, what in COMMON_OVERRIDES)
+    return (
+        f"shipped configs ({SCHEME}FOLDER/NAME.yml; ablations under FOLDER/ablations/):\n"
+        f"{configs}\n\n"
+        f"common overrides (KEY VALUE pairs after the options):\n{overrides}\n\n"
+        "examples:\n"
+        f"  {prog} --config-file {SCHEME}Baseline/demo.yml OUTPUT_DIR output/my_demo\n"
+        f"  {prog} --config-file {SCHEME}Propot/cuhk.yml MODEL.CLIP.WEIGHTS /path/ViT-B-16.pt\n"
+        f"  {prog} --config-file {SCHEME}CSDN/sysu.yml --num-gpus 2 MODEL.DEVICE cpu\n"
+        f"  {prog} --config-file {SCHEME}Propot/cuhk.yml --eval-only "
+        "MODEL.WEIGHTS output/Propot/cuhk/model_final.pth"
+    )
+
+
+def check_device(cfg: CfgNode) -> None:
+    """``MODEL.DEVICE`` names a device this machine has: ``cuda`` without a CUDA device is a
+    :class:`ConfigValueError` that says to pass ``MODEL.DEVICE cpu``."""
+    device = str(cfg.MODEL.DEVICE)
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigValueError(
+            "MODEL.DEVICE",
+            device,
+            "'cpu' on this machine, where torch finds no CUDA device: add MODEL.DEVICE cpu to the "
+            "command (with --num-gpus N for N CPU processes)",
+        )
 
 
 def plugins_from_config_file(config_file: str, opts: Sequence[str] = ()) -> List[str]:
@@ -82,9 +118,7 @@ def plugins_from_config_file(config_file: str, opts: Sequence[str] = ()) -> List
     """
     plugins: List[str] = []
     if config_file:
-        for data in _read_yaml_chain(config_file):
-            if "PLUGINS" in data:
-                plugins = list(data["PLUGINS"] or [])
+        plugins = list(load_yaml_with_base(config_file).get("PLUGINS") or [])
     opts = list(opts or [])
     for key, value in zip(opts[0::2], opts[1::2]):
         if key == "PLUGINS":
@@ -97,13 +131,14 @@ def build_cfg(config_file: str = "", opts: Sequence[str] = ()) -> CfgNode:
     """``get_cfg`` -> every ``add_*_config`` -> merge file -> merge opts (not frozen).
 
     Importing the modules named by ``PLUGINS`` (and the entry-point plugins) happens first.
+    ``config_file`` is a path or a shipped config's name (``fastreid_ext://Propot/cuhk.yml``).
     """
     load_plugins(plugins_from_config_file(config_file, opts))
     cfg = get_cfg()
     add_fastreid_ext_config(cfg)
     apply_config_extensions(cfg)
     if config_file:
-        cfg.merge_from_file(config_file)
+        merge_config_file(cfg, config_file)
     if opts:
         cfg.merge_from_list(list(opts))
     return cfg
@@ -111,8 +146,12 @@ def build_cfg(config_file: str = "", opts: Sequence[str] = ()) -> CfgNode:
 
 def setup_cfg(args: argparse.Namespace) -> CfgNode:
     """Build, freeze and ``default_setup`` the config for a run (logging, output dir, seeds) and
-    write the run record ``OUTPUT_DIR/run_info.json`` (main process)."""
+    write the run record ``OUTPUT_DIR/run_info.json`` (main process). A ``fastreid_ext://``
+    config name in ``args.config_file`` is replaced by its path (fast-reid logs the file)."""
+    if args.config_file:
+        args.config_file = resolve_config_path(args.config_file)
     cfg = build_cfg(args.config_file, args.opts)
+    check_device(cfg)
     cfg.freeze()
     # Look before default_setup creates log.txt and config.yaml in OUTPUT_DIR.
     main_process = comm.is_main_process()

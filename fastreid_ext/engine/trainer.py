@@ -86,10 +86,12 @@ class ExtTrainer(DefaultTrainer):
             model, cfg.OUTPUT_DIR, save_to_disk=comm.is_main_process(), optimizer=optimizer
         )
         self.checkpointer.remove_stale_temporaries()
+        if self._trainer.grad_scaler is not None:  # fp16: resume with the same loss scale
+            self.checkpointer.checkpointables["grad_scaler"] = self._trainer.grad_scaler
         self.start_epoch = 0
         self.start_iter = 0
         self.epoch_start_iter = 0
-        self.max_epoch = cfg.SOLVER.MAX_EPOCH
+        self.max_epoch = self.num_epochs()
         self.warmup_iters = 0
         self.delay_epochs = 0
         self._last_eval_results: Optional[Dict[str, Any]] = None
@@ -99,6 +101,25 @@ class ExtTrainer(DefaultTrainer):
             if hasattr(hook, "state_dict") and hasattr(hook, "load_state_dict"):
                 self.checkpointer.checkpointables[f"hook_{type(hook).__name__}"] = hook
         self.preflight()
+
+    def num_epochs(self) -> int:
+        """Epochs of the whole run (``SOLVER.MAX_EPOCH``; multi-phase methods add theirs)."""
+        return int(self.cfg.SOLVER.MAX_EPOCH)
+
+    # ------------------------------------------------------------------ step runner
+    def rewrap_model(self) -> None:
+        """Re-build the DDP wrapper of the model (DDP registers the parameters that train, so a
+        change of trainable parameters needs a new wrapper)."""
+        self._trainer.model = create_ddp_model(self.model, self.cfg)
+
+    def set_optimizer(self, optimizer: torch.optim.Optimizer) -> None:
+        """Train with ``optimizer`` from the next step on; it is the one checkpointed (and an
+        fp16 GradScaler starts afresh)."""
+        self._trainer.optimizer = optimizer
+        self.checkpointer.checkpointables["optimizer"] = optimizer
+        if self._trainer.grad_scaler is not None:
+            self._trainer.grad_scaler = torch.amp.GradScaler("cuda")
+            self.checkpointer.checkpointables["grad_scaler"] = self._trainer.grad_scaler
 
     def preflight(self) -> None:
         """Resolve everything the run will need after training starts -- every evaluation

@@ -1,4 +1,5 @@
-"""Test plugin: records Propot's initial prototypes on every rank (for the gloo DDP test)."""
+"""Test plugin: Propot's initial-prototype hook that also records, on every rank, what it
+produced (for the gloo DDP tests)."""
 
 from __future__ import annotations
 
@@ -6,32 +7,30 @@ import os
 
 import torch
 from fastreid.config import CfgNode as CN
-from fastreid.engine.train_loop import HookBase
 from fastreid.utils import comm
 
+from fastreid_ext.engine.distributed import unwrap_model
 from fastreid_ext.registry import HOOK_REGISTRY
+from propot.hooks import PropotInitialPrototypeHook
 
 
 @HOOK_REGISTRY.register()
-class PropotProbeHook(HookBase):
-    """Runs after ``PropotInitialPrototypeHook`` (listed after it in TRAINER.HOOKS, so its
-    ``before_train`` comes second) and saves
-    ``propot_probe_rank{r}.pt``: the initial prototypes, the hook's ``source``, and on rank 0 the
-    encoder weights they were computed with."""
+class PropotProbeHook(PropotInitialPrototypeHook):
+    """``PropotInitialPrototypeHook`` (listed instead of it in TRAINER.HOOKS), then saves
+    ``propot_probe_rank{r}.pt``: the initial prototypes [N, d], the hook's ``source``, the world
+    size and, on rank 0, the encoder weights they were computed with."""
 
     def __init__(self, cfg: CN, trainer) -> None:
+        super().__init__(cfg, trainer)
         self.output_dir = cfg.OUTPUT_DIR
 
     def before_train(self) -> None:
-        model = self.trainer.model
-        model = model.module if hasattr(model, "module") else model
-        init_hook = next(
-            h for h in self.trainer._hooks if type(h).__name__ == "PropotInitialPrototypeHook"
-        )
+        super().before_train()
+        model = unwrap_model(self.trainer.model)
         record = {
             "initial_v": model.prototypes.initial_v.detach().cpu().clone(),
             "initial_t": model.prototypes.initial_t.detach().cpu().clone(),
-            "source": init_hook.source,
+            "source": self.source,
             "world_size": comm.get_world_size(),
         }
         if comm.is_main_process():

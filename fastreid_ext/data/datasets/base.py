@@ -211,7 +211,7 @@ class TextImageDataset:
                 f"field {self.image_key!r} must be a non-empty string, got {_short_repr(rel)}",
             )
         try:
-            rel = check_relative_image_path(rel)
+            rel = check_relative_image_path(rel, f"{self.image_folder}/")
         except ValueError as e:
             raise self._error(index, f"field {self.image_key!r}: {e}") from None
         bucket = split if split in (_TRAIN, _TEST) else _VAL

@@ -12,14 +12,14 @@ import torch
 from fastreid.config import CfgNode
 
 from fastreid_ext.clustering import cluster_pseudo_labels, label_counts, outlier_pseudo_label_mining
-from fastreid_ext.clustering.oplm import OPLM_MODES
+from fastreid_ext.config import check_choice
 from fastreid_ext.modeling.memory import cluster_centroids
 
-__all__ = ["TRAIN_SET_MODES", "PseudoLabels", "compute_pseudo_labels", "select_training_pairs"]
+from .config import OPLM_NAMES, TRAIN_SETS
 
-logger = logging.getLogger("fastreid_ext.cpcl")
+__all__ = ["PseudoLabels", "compute_pseudo_labels", "select_training_pairs"]
 
-TRAIN_SET_MODES = ("either", "both", "all")
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -44,15 +44,15 @@ class PseudoLabels:
 def compute_pseudo_labels(
     image_feats: torch.Tensor, text_feats: torch.Tensor, image_ids: np.ndarray, cfg: CfgNode
 ) -> PseudoLabels:
-    """Cluster the image and text features of the N pairs and apply OPLM (``cfg.CPCL``).
+    """Cluster the image and text features of the N pairs and apply OPLM
+    (``MODEL.CPCL.CLUSTER`` / ``MODEL.CPCL.OPLM``).
 
     Args:
         image_feats, text_feats: ``[N, D]`` features of every training pair in pair order.
         image_ids: ``[N]`` image id of each pair (for image de-duplication and OPLM units).
     """
-    c = cfg.CPCL.CLUSTER
-    if cfg.CPCL.OPLM.MODE not in OPLM_MODES:
-        raise ValueError(f"CPCL.OPLM.MODE must be one of {OPLM_MODES}, got {cfg.CPCL.OPLM.MODE!r}")
+    c, oplm = cfg.MODEL.CPCL.CLUSTER, cfg.MODEL.CPCL.OPLM
+    check_choice("MODEL.CPCL.OPLM.NAME", oplm.NAME, OPLM_NAMES)
     kwargs = dict(k1=c.K1, k2=c.K2, eps=c.EPS, min_samples=c.MIN_SAMPLES, backend=c.KNN_BACKEND)
     stats: Dict[str, float] = {}
     image_ids = np.asarray(image_ids)
@@ -74,13 +74,13 @@ def compute_pseudo_labels(
     stats["text_clusters"], stats["text_outliers"] = label_counts(text_labels)
 
     t = time.perf_counter()
-    min_sim = cfg.CPCL.OPLM.MIN_SIM if cfg.CPCL.OPLM.MIN_SIM > -1 else None
+    min_sim = oplm.MIN_SIM if oplm.MIN_SIM > -1 else None
     image_labels, text_labels = outlier_pseudo_label_mining(
         image_labels,
         text_labels,
         image_feats,
         text_feats,
-        cfg.CPCL.OPLM.MODE,
+        oplm.NAME if oplm.ENABLED else "off",
         image_groups=unit,
         min_similarity=min_sim,
     )
@@ -100,24 +100,23 @@ def compute_pseudo_labels(
 
 
 def select_training_pairs(
-    image_labels: np.ndarray, text_labels: np.ndarray, mode: str, min_pairs: int
+    image_labels: np.ndarray, text_labels: np.ndarray, train_set: str, min_pairs: int
 ) -> np.ndarray:
-    """Indices of the pairs that train this epoch (``CPCL.TRAIN_SET``).
+    """Indices ``[M]`` of the pairs that train this epoch (``MODEL.CPCL.TRAIN_SET``).
 
     "either": image or text labelled; "both": both labelled; "all": every pair. When fewer than
     ``min_pairs`` would remain (e.g. early clusterings of a randomly initialised model), every
     pair is kept and a warning is logged.
     """
-    if mode not in TRAIN_SET_MODES:
-        raise ValueError(f"CPCL.TRAIN_SET must be one of {TRAIN_SET_MODES}, got {mode!r}")
+    check_choice("MODEL.CPCL.TRAIN_SET", train_set, TRAIN_SETS)
     iv, it = np.asarray(image_labels) >= 0, np.asarray(text_labels) >= 0
-    keep = {"either": iv | it, "both": iv & it, "all": np.ones_like(iv)}[mode]
+    keep = {"either": iv | it, "both": iv & it, "all": np.ones_like(iv)}[train_set]
     indices = np.flatnonzero(keep)
     if len(indices) < min_pairs:
         logger.warning(
-            "CPCL.TRAIN_SET=%s keeps %d pairs, fewer than one batch (%d): training on all %d "
+            "MODEL.CPCL.TRAIN_SET=%s keeps %d pairs, fewer than one batch (%d): training on all %d "
             "pairs this epoch (outliers learn through ICPM's i == j positive)",
-            mode,
+            train_set,
             len(indices),
             min_pairs,
             len(iv),

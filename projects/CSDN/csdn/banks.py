@@ -10,6 +10,8 @@ rank's share.
 
 from __future__ import annotations
 
+import logging
+import os
 from contextlib import contextmanager
 from typing import Dict, Iterator, List, Optional, Tuple
 
@@ -19,20 +21,25 @@ from fastreid.config import CfgNode
 from fastreid.utils import comm
 from torch import nn
 
+from fastreid_ext.config import ConfigValueError
 from fastreid_ext.data.samplers import EpochBatchSampler
 from fastreid_ext.data.vi import build_vi_loader, build_vi_sampler, build_vi_train_set
 from fastreid_ext.data.vi.base import INFRARED, VISIBLE
+from fastreid_ext.utils.atomic_io import atomic_torch_save
 from fastreid_ext.utils.progress import progress
 
 __all__ = [
     "TensorBank",
     "TensorBatchLoader",
     "PairBankSampler",
+    "ImageBankCache",
     "extract_pair_bank",
     "extract_text_bank",
     "image_bank_train_mode",
     "mode",
 ]
+
+logger = logging.getLogger(__name__)
 
 
 class TensorBank:
@@ -82,9 +89,10 @@ class PairBankSampler:
         self, global_batches: List[np.ndarray], batch_size: int, rank: int = 0, world: int = 1
     ) -> None:
         if batch_size < 1 or batch_size % world != 0:
-            raise ValueError(
-                f"MODEL.CSDN.PHASE1.IMS_PER_BATCH={batch_size} must be >= 1 and divisible by the "
-                f"world size {world}"
+            raise ConfigValueError(
+                "MODEL.CSDN.PHASE1.IMS_PER_BATCH",
+                batch_size,
+                f"a number >= 1 divisible by the world size {world}",
             )
         pairs = np.concatenate(global_batches)
         if len(pairs) < batch_size:
@@ -204,3 +212,56 @@ def extract_text_bank(
             outs_vis.append(t_vis.float())
             outs_ir.append(t_ir.float())
     return torch.cat(outs_vis), torch.cat(outs_ir)
+
+
+class ImageBankCache:
+    """The image banks of phases 1 and 2, extracted at the phase start and cached in
+    ``OUTPUT_DIR/csdn_bank_phase{1,2}.pt`` with the sampler seed and a checksum of the (frozen)
+    image encoder, so a run resumed inside the phase trains on the very same bank (the phase-2
+    pass changes BatchNorm statistics: it must not run twice). Files are written atomically."""
+
+    def __init__(self, cfg: CfgNode) -> None:
+        self.cfg = cfg
+
+    def path(self, phase: int) -> str:
+        """The cache file of ``phase`` (0 prompt, 1 fusion)."""
+        return os.path.join(self.cfg.OUTPUT_DIR, f"csdn_bank_phase{phase + 1}.pt")
+
+    def seed(self, phase: int) -> int:
+        """Sampler seed of the bank of ``phase``, from ``SEED``."""
+        seq = np.random.SeedSequence([max(self.cfg.SEED, 0), 1000 + phase])
+        return int(seq.generate_state(1)[0])
+
+    def get(
+        self, model, phase: int, resumed: bool
+    ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(visible [M, D], infrared [M, D], labels [M])`` of ``phase``'s bank: read back from
+        the cache when ``resumed`` (the run continues inside the phase) and the cache matches
+        the model and seed, extracted (:func:`extract_pair_bank`) and cached otherwise.
+        ``model``: the CSDN module (not DDP-wrapped)."""
+        seed = self.seed(phase)
+        checksum = float(sum(p.double().sum() for p in model.image_encoder.parameters()))
+        path = self.path(phase)
+        if resumed and os.path.isfile(path):
+            cached = torch.load(path, map_location="cpu", weights_only=True)
+            if cached["seed"] == seed and cached["checksum"] == checksum:
+                logger.info("CSDN phase %d: image bank read from %s", phase + 1, path)
+                return cached["visible"], cached["infrared"], cached["labels"]
+            logger.warning("Ignoring %s: it was extracted by a different model / seed", path)
+        elif resumed:
+            logger.warning("No cached image bank %s: extracting it again", path)
+        v, r, y = extract_pair_bank(model, self.cfg, seed, image_bank_train_mode(self.cfg, phase))
+        if comm.is_main_process() and self.cfg.OUTPUT_DIR:
+            os.makedirs(self.cfg.OUTPUT_DIR, exist_ok=True)
+            bank = {"visible": v, "infrared": r, "labels": y, "seed": seed, "checksum": checksum}
+            atomic_torch_save(bank, path)
+        return v, r, y
+
+    def drop_before(self, phase: int) -> None:
+        """Delete the cached banks of the phases before ``phase`` (main process): ``--resume``
+        continues from a checkpoint of ``phase``, never inside them."""
+        for earlier in range(phase):
+            path = self.path(earlier)
+            if comm.is_main_process() and os.path.isfile(path):
+                os.remove(path)
+                logger.info("Deleted the cached image bank %s (its phase is over)", path)

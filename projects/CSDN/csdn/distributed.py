@@ -14,6 +14,8 @@ import torch
 from fastreid.config import CfgNode
 from torch import nn
 
+from fastreid_ext.config import ConfigValueError
+
 __all__ = [
     "SYNC_BN_MODULES",
     "convert_sync_batchnorm",
@@ -43,17 +45,19 @@ def apply_sync_batchnorm(model: nn.Module, cfg: CfgNode, world_size: int) -> int
     SyncBatchNorm layers (0 when nothing was converted).
 
     Raises:
-        ValueError: SYNC_BN on, several processes, model not on CUDA.
+        ConfigValueError: SYNC_BN on, several processes, model not on CUDA.
     """
     if world_size <= 1 or not cfg.MODEL.CSDN.DDP.SYNC_BN:
         return 0
     device = next(model.parameters()).device
     if device.type != "cuda":
-        raise ValueError(
-            f"MODEL.CSDN.DDP.SYNC_BN True needs CUDA (the model is on '{device}'): "
+        raise ConfigValueError(
+            "MODEL.CSDN.DDP.SYNC_BN",
+            True,
+            f"False when the model is on '{device}' with several processes: "
             "torch.nn.SyncBatchNorm synchronises CUDA tensors only and DDP rejects CPU modules "
-            "holding it. For CPU (gloo) runs set MODEL.CSDN.DDP.SYNC_BN False: each rank's "
-            f"BatchNorm then sees its 1/{world_size} share of the batch"
+            "holding it (with False, each rank's BatchNorm sees its "
+            f"1/{world_size} share of the batch)",
         )
     return convert_sync_batchnorm(model)
 

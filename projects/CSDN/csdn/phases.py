@@ -1,19 +1,20 @@
-"""CSDN's phase plan (three phases on one epoch axis), their LR schedules, the phase state saved
-in checkpoints and the phase-3 evaluation hook."""
+"""CSDN's phase plan (three phases on one epoch axis), their optimizers and LR schedules."""
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Dict
 
+import torch
 from fastreid.config import CfgNode
+from torch import nn
 
-from fastreid_ext.solver import LRSchedule, build_lr_schedule
+from fastreid_ext.config import check_range
+from fastreid_ext.solver import LRSchedule, build_lr_schedule, build_optimizer
 
-from .model import PHASES
+from .modeling.meta_arch import PHASES
 
-__all__ = ["PhasePlan", "TimmCosineSchedule", "PhaseSchedule", "PhaseState"]
+__all__ = ["PhasePlan", "TimmCosineSchedule", "PhaseSchedule", "build_phase_optimizer"]
 
 
 class PhasePlan:
@@ -25,13 +26,10 @@ class PhasePlan:
 
     def __init__(self, cfg: CfgNode) -> None:
         c = cfg.MODEL.CSDN
-        e1, e2 = int(c.PHASE1.EPOCHS), int(c.PHASE2.EPOCHS) if c.SII.ENABLED else 0
-        e3 = int(cfg.SOLVER.MAX_EPOCH)
-        if min(e1, e2) < 0 or e3 < 1:
-            raise ValueError(
-                f"MODEL.CSDN.PHASE1/PHASE2.EPOCHS must be >= 0 and SOLVER.MAX_EPOCH >= 1, got "
-                f"{e1}, {e2}, {e3}"
-            )
+        e1 = int(check_range("MODEL.CSDN.PHASE1.EPOCHS", c.PHASE1.EPOCHS, 0))
+        e2 = int(check_range("MODEL.CSDN.PHASE2.EPOCHS", c.PHASE2.EPOCHS, 0))
+        e2 = e2 if c.SII.ENABLED else 0
+        e3 = int(check_range("SOLVER.MAX_EPOCH", cfg.SOLVER.MAX_EPOCH, 1))
         self.epochs = (e1, e2, e3)
         self.starts = (0, e1, e1 + e2)
         self.total = e1 + e2 + e3
@@ -98,14 +96,24 @@ class PhaseSchedule:
         return self.phases[k].factor(progress - self.plan.starts[k])
 
 
-class PhaseState:
-    """The current phase, stored in every checkpoint under ``csdn_phase``."""
-
-    def __init__(self) -> None:
-        self.phase = -1
-
-    def state_dict(self) -> Dict[str, Any]:
-        return {"phase": self.phase, "name": PHASES[self.phase] if self.phase >= 0 else ""}
-
-    def load_state_dict(self, state: Dict[str, Any]) -> None:
-        self.phase = int(state["phase"])
+def build_phase_optimizer(cfg: CfgNode, module: nn.Module, phase: int) -> torch.optim.Optimizer:
+    """Freeze all but the modules of ``phase`` (0 prompt, 1 fusion, 2 image) and build its
+    optimizer: Adam with one group (``MODEL.CSDN.PHASE1`` / ``PHASE2``) for phases 1-2,
+    ``fastreid_ext.solver.build_optimizer`` (``SOLVER``) for phase 3. ``module``: the CSDN model
+    (not DDP-wrapped)."""
+    module.set_trainable(PHASES[phase])
+    if phase == 2:
+        return build_optimizer(cfg, module)
+    node = (cfg.MODEL.CSDN.PHASE1, cfg.MODEL.CSDN.PHASE2)[phase]
+    named = list(module.phase_parameters(PHASES[phase]))
+    if not named:
+        raise ValueError(f"CSDN phase '{PHASES[phase]}' has no parameter to train")
+    group = {
+        "params": [p for _, p in named],
+        "param_names": [n for n, _ in named],
+        "lr": node.BASE_LR,
+        "base_lr": node.BASE_LR,
+        "weight_decay": node.WEIGHT_DECAY,
+        "group_name": PHASES[phase],
+    }
+    return torch.optim.Adam([group], lr=node.BASE_LR)

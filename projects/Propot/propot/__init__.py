@@ -1,13 +1,14 @@
 """Propot (Yan et al., ACM MM 2024): prototypical prompting for text-to-image person ReID.
 
-Importing registers the config keys (``add_propot_config``), the meta-architecture
-``PropotT2I`` and the hook ``PropotInitialPrototypeHook``.
+Importing registers the config keys (``add_propot_config``, all under ``MODEL.PROPOT``), the
+meta-architecture ``PropotT2I`` and the hook ``PropotInitialPrototypeHook``. Configs name this
+package in ``PLUGINS`` (configs/Propot/Base-Propot.yml does).
 """
 
 import fastreid_ext  # noqa: F401  (fast-reid compatibility fixes first)
 
 from . import config, hooks  # noqa: F401  (registration)
-from .config import add_propot_config
+from .config import add_propot_config, check_propot_config
 from .hooks import PropotInitialPrototypeHook
 from .initial_prototypes import (
     initial_prototypes_from_features,
@@ -24,6 +25,7 @@ from .modeling import (
 
 __all__ = [
     "add_propot_config",
+    "check_propot_config",
     "PropotInitialPrototypeHook",
     "initial_prototypes_from_features",
     "load_or_compute_initial_prototypes",

@@ -9,6 +9,7 @@ from fastreid.config import CfgNode
 from fastreid.engine.train_loop import HookBase
 
 from fastreid_ext.data.text_image import dataset_root
+from fastreid_ext.engine.distributed import unwrap_model
 from fastreid_ext.registry import HOOK_REGISTRY
 
 from .initial_prototypes import (
@@ -33,8 +34,9 @@ class PropotInitialPrototypeHook(HookBase):
     computed. A checkpoint made for other data (another fingerprint; or another number of
     identities, whose tensors are not loaded) is recomputed with a warning; one without a
     fingerprint (0) is used as it is, with a warning. Otherwise the on-disk cache
-    (``MODEL.PROPOT.INIT.CACHE_DIR``) is used when it matches, else all ranks extract their
-    shard and end with identical tensors. ``source`` records what happened: "checkpoint",
+    (``MODEL.PROPOT.INIT.CACHE_DIR``) is used when it matches (rank 0 reads it and shares the
+    tensors, or its error, with every rank), else all ranks extract their shard and end with
+    identical tensors. ``source`` records what happened: "checkpoint",
     "cache", "computed", or "disabled" (``MODEL.PROPOT.ENABLED False``).
     """
 
@@ -43,8 +45,7 @@ class PropotInitialPrototypeHook(HookBase):
         self.source: Optional[str] = None
 
     def before_train(self) -> None:
-        model = self.trainer.model
-        model = model.module if hasattr(model, "module") else model
+        model = unwrap_model(self.trainer.model)
         if not getattr(model, "propot_enabled", False):
             self.source = "disabled"
             return

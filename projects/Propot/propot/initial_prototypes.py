@@ -17,6 +17,7 @@ from fastreid.utils import comm
 from torch import nn
 
 from fastreid_ext.data.text_image import dataset_root
+from fastreid_ext.engine.distributed import run_on_main_and_share
 from fastreid_ext.engine.feature_extraction import extract_pair_features
 from fastreid_ext.utils.atomic_io import atomic_torch_save
 
@@ -31,7 +32,7 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-_IMAGE_COUNTS = ("pair", "image")
+_IMAGE_SUMS = ("pair", "image")  # as MODEL.PROPOT.INIT.IMAGE_SUM_OVER
 
 
 def initial_prototypes_from_features(
@@ -42,7 +43,7 @@ def initial_prototypes_from_features(
     image_ids: Optional[torch.Tensor] = None,
     instance_norm: bool = False,
     prototype_norm: bool = False,
-    image_count: str = "pair",
+    image_sum_over: str = "pair",
 ) -> Tuple[torch.Tensor, torch.Tensor]:
     """Eq. (1): ``pt_i^v = sum_{j: Y_j = L_i} v_j`` and ``pt_i^t = sum_{j: Y_j = L_i} t_j``.
 
@@ -51,18 +52,19 @@ def initial_prototypes_from_features(
             for each caption of an image).
         labels: [P] identity of each pair in ``[0, num_ids)``.
         num_ids: N.
-        image_ids: [P] image index of each pair; needed for ``image_count="image"``.
+        image_ids: [P] image index of each pair; needed for ``image_sum_over="image"``.
         instance_norm: L2-normalise every feature before summing.
         prototype_norm: L2-normalise every sum (identities without instances stay 0).
-        image_count: ``"pair"`` sums the image feature once per pair (as eq. 1 is written);
-            ``"image"`` once per distinct image.
+        image_sum_over: ``"pair"`` sums the image feature once per pair (as eq. 1 is written);
+            ``"image"`` once per distinct image (``MODEL.PROPOT.INIT.IMAGE_SUM_OVER``).
 
     Returns:
         ``(pt^v, pt^t)``, each [N, d] float32.
     """
-    if image_count not in _IMAGE_COUNTS:
-        raise KeyError(
-            f"MODEL.PROPOT.INIT.IMAGE_COUNT must be one of {_IMAGE_COUNTS}, got '{image_count}'"
+    if image_sum_over not in _IMAGE_SUMS:
+        raise ValueError(
+            f"initial prototypes: image_sum_over must be one of {_IMAGE_SUMS}, got "
+            f"'{image_sum_over}'"
         )
     labels = labels.long()
     if img_feats.shape != txt_feats.shape or labels.shape != img_feats.shape[:1]:
@@ -79,9 +81,9 @@ def initial_prototypes_from_features(
     if instance_norm:
         v, t = F.normalize(v, dim=1), F.normalize(t, dim=1)
     img_rows = torch.arange(len(labels))
-    if image_count == "image":
+    if image_sum_over == "image":
         if image_ids is None:
-            raise ValueError("initial prototypes: image_count='image' needs image_ids")
+            raise ValueError("initial prototypes: image_sum_over='image' needs image_ids")
         first: Dict[int, int] = {}
         for row, img in enumerate(image_ids.tolist()):
             first.setdefault(img, row)
@@ -171,7 +173,7 @@ def initial_prototype_cache_meta(
             arch["json_sha1"] = hashlib.sha1(f.read()).hexdigest()
     init = cfg.MODEL.PROPOT.INIT
     return {
-        "version": 2,
+        "version": 3,
         "clip_weights": weights,
         "model_weights": _file_descriptor(cfg.MODEL.WEIGHTS)
         if cfg.MODEL.WEIGHTS and os.path.isfile(cfg.MODEL.WEIGHTS)
@@ -190,7 +192,7 @@ def initial_prototype_cache_meta(
         "data_sha1": data_sha1,
         "instance_norm": bool(init.INSTANCE_NORM),
         "prototype_norm": bool(init.PROTOTYPE_NORM),
-        "image_count": str(init.IMAGE_COUNT),
+        "image_sum_over": str(init.IMAGE_SUM_OVER),
     }
 
 
@@ -236,50 +238,62 @@ def load_or_compute_initial_prototypes(
     transform (no augmentation) at the training resolution ``INPUT.SIZE_TRAIN``.
     ``data_sha1``: :func:`training_data_digest` of the pairs, when the caller has it already.
 
-    Collective when distributed: rank 0 decides whether the cache is valid and shares its tensors;
-    otherwise every rank encodes its shard, the features are gathered and every rank sums them
-    identically. Rank 0 writes the cache.
+    Collective when distributed: rank 0 decides whether the cache is valid and shares its tensors
+    (``run_on_main_and_share``: an error on rank 0 is raised on every rank); otherwise every rank
+    encodes its shard, the features are gathered and every rank sums them identically. Rank 0
+    writes the cache, and a failure to write it is raised on every rank as well.
 
     Returns:
         ``(pt_v, pt_t, source)`` on CPU, ``source`` in {"cache", "computed"}.
     """
-    init = cfg.MODEL.PROPOT.INIT
     if len(labels) != len(pairs):
         raise ValueError(f"{len(pairs)} training pairs but {len(labels)} labels")
-    main = comm.is_main_process()
-    if main and data_sha1 is None:
-        data_sha1 = training_data_digest(pairs, labels, num_ids, dataset_root(cfg))
-    meta = (
-        initial_prototype_cache_meta(cfg, model, len(pairs), num_ids, data_sha1) if main else None
-    )
-    path = initial_prototype_cache_path(cfg, meta) if main else ""
-    cached = _read_cache(path, meta) if main else None
-    if comm.get_world_size() > 1:
-        cached = comm.all_gather(cached)[0]
+
+    def find_cache() -> Tuple[Dict[str, Any], str, Optional[Tuple[torch.Tensor, torch.Tensor]]]:
+        digest = data_sha1 or training_data_digest(pairs, labels, num_ids, dataset_root(cfg))
+        meta = initial_prototype_cache_meta(cfg, model, len(pairs), num_ids, digest)
+        path = initial_prototype_cache_path(cfg, meta)
+        return meta, path, _read_cache(path, meta)
+
+    meta, path, cached = run_on_main_and_share(find_cache, "Reading the initial-prototype cache")
     if cached is not None:
-        logger.info("Propot initial prototypes loaded from cache %s", path or "(rank 0)")
+        logger.info("Propot initial prototypes loaded from cache %s", path)
         return cached[0], cached[1], "cache"
 
-    logger.info("Computing Propot initial prototypes from %d training pairs", len(pairs))
-    img, txt = extract_pair_features(
-        model, pairs, cfg, batch_size=init.BATCH_SIZE, size=cfg.INPUT.SIZE_TRAIN
+    pt_v, pt_t = _compute_initial_prototypes(model, pairs, labels, num_ids, cfg)
+    run_on_main_and_share(
+        lambda: _write_cache(path, meta, pt_v, pt_t), "Writing the initial-prototype cache"
     )
+    if comm.is_main_process():
+        logger.info("Propot initial prototypes cached to %s", path)
+    return pt_v, pt_t, "computed"
+
+
+def _compute_initial_prototypes(
+    model: nn.Module, pairs: Sequence[Any], labels: Sequence[int], num_ids: int, cfg: CfgNode
+) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Eq. (1) from the features of every pair, extracted by all ranks (each its shard) with
+    ``MODEL.PROPOT.INIT.IMS_PER_BATCH`` images or captions per step over all ranks."""
+    init = cfg.MODEL.PROPOT.INIT
+    logger.info("Computing Propot initial prototypes from %d training pairs", len(pairs))
+    per_rank = max(1, init.IMS_PER_BATCH // comm.get_world_size()) if init.IMS_PER_BATCH else 0
+    img, txt = extract_pair_features(
+        model, pairs, cfg, batch_size=per_rank, size=cfg.INPUT.SIZE_TRAIN
+    )
+    label_tensor = torch.as_tensor(list(labels))
     pt_v, pt_t = initial_prototypes_from_features(
         img,
         txt,
-        torch.as_tensor(list(labels)),
+        label_tensor,
         num_ids,
         image_ids=torch.as_tensor([p.image_id for p in pairs]),
         instance_norm=init.INSTANCE_NORM,
         prototype_norm=init.PROTOTYPE_NORM,
-        image_count=init.IMAGE_COUNT,
+        image_sum_over=init.IMAGE_SUM_OVER,
     )
-    empty = int((torch.bincount(torch.as_tensor(list(labels)), minlength=num_ids) == 0).sum())
+    empty = int((torch.bincount(label_tensor, minlength=num_ids) == 0).sum())
     if empty:
         logger.warning(
             "%d of %d identities have no training pair: their prototypes are 0", empty, num_ids
         )
-    if main:
-        _write_cache(path, meta, pt_v, pt_t)
-        logger.info("Propot initial prototypes cached to %s", path)
-    return pt_v, pt_t, "computed"
+    return pt_v, pt_t

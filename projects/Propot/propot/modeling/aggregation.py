@@ -9,6 +9,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from fastreid_ext.config import ConfigValueError, check_choice
+
+from ..config import LEARNED_AGGREGATIONS, NO_CANDIDATE_AGGREGATIONS
+
 __all__ = [
     "PrototypeAggregation",
     "AdaptivePrototypeAggregation",
@@ -53,12 +57,13 @@ class PrototypeAggregation(nn.Module, ABC):
 class AdaptivePrototypeAggregation(PrototypeAggregation):
     """APA, eqs. (5)-(6): ``w_k,i = softmax_k(pt_i . p_k,i / tau)``, ``p_i = pt_i + sum_k w_k,i
     p_k,i``. The initial prototype is the reference ("prototype baseline") of the weights; no
-    learnable parameter. ``normalize`` uses cosines instead of raw dot products."""
+    learnable parameter. ``tau`` (``AGGREGATION.APA.TAU``) divides the scores; ``normalize``
+    (``AGGREGATION.APA.NORMALIZE``) uses cosines instead of raw dot products."""
 
     def __init__(self, residual: bool = True, tau: float = 1.0, normalize: bool = False) -> None:
         super().__init__(residual)
         if tau <= 0:
-            raise ValueError(f"MODEL.PROPOT.AGGREGATION.APA_TAU must be > 0, got {tau}")
+            raise ValueError(f"AdaptivePrototypeAggregation: tau must be > 0, got {tau}")
         self.tau, self.normalize = tau, normalize
 
     def weights(self, pt: torch.Tensor, cands: torch.Tensor, modality: int) -> torch.Tensor:
@@ -121,22 +126,15 @@ PROTOTYPE_AGGREGATIONS: Dict[str, Type[PrototypeAggregation]] = {
 
 def build_prototype_aggregation(cfg, dim: int, num_candidates: int) -> PrototypeAggregation:
     """The aggregation named by ``MODEL.PROPOT.AGGREGATION.NAME`` for ``num_candidates``
-    candidate prototypes of width ``dim``."""
+    candidate prototypes of width ``dim`` (options under ``AGGREGATION.APA`` / ``.MLP``)."""
     c = cfg.MODEL.PROPOT.AGGREGATION
-    if c.NAME not in PROTOTYPE_AGGREGATIONS:
-        raise KeyError(
-            f"MODEL.PROPOT.AGGREGATION.NAME: unknown '{c.NAME}'; known: "
-            f"{', '.join(PROTOTYPE_AGGREGATIONS)}"
-        )
-    if num_candidates == 0 and c.NAME in ("mlp", "learned"):
-        raise ValueError(
-            f"MODEL.PROPOT.AGGREGATION.NAME '{c.NAME}' learns weights over candidate prototypes, "
-            "but none is enabled (MODEL.PROPOT.DPP.ENABLED, IPP.INTRA, IPP.INTER are all off)"
-        )
-    if c.NAME == "APA":
-        return AdaptivePrototypeAggregation(c.RESIDUAL, c.APA_TAU, c.APA_NORMALIZE)
-    if c.NAME == "mlp":
-        return MLPWeightAggregation(dim, c.MLP_HIDDEN, c.RESIDUAL)
-    if c.NAME == "learned":
+    name = check_choice("MODEL.PROPOT.AGGREGATION.NAME", c.NAME, PROTOTYPE_AGGREGATIONS)
+    if num_candidates == 0 and name in LEARNED_AGGREGATIONS:
+        raise ConfigValueError("MODEL.PROPOT.AGGREGATION.NAME", name, NO_CANDIDATE_AGGREGATIONS)
+    if name == "APA":
+        return AdaptivePrototypeAggregation(c.RESIDUAL, c.APA.TAU, c.APA.NORMALIZE)
+    if name == "mlp":
+        return MLPWeightAggregation(dim, c.MLP.HIDDEN_DIM, c.RESIDUAL)
+    if name == "learned":
         return LearnedWeightAggregation(num_candidates, c.RESIDUAL)
-    return PROTOTYPE_AGGREGATIONS[c.NAME](c.RESIDUAL)
+    return PROTOTYPE_AGGREGATIONS[name](c.RESIDUAL)

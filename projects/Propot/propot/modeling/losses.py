@@ -34,10 +34,10 @@ def prototype_to_instance_loss(
         proto_ids: [M] identity label of each prototype.
         feats: [B, d] instance features of the same modality (v for p^v, t for p^t).
         pids: [B] identity labels of the instances.
-        tau: temperature.
-        use_log: log-probability (True) or probability (False).
+        tau: temperature (``MODEL.PROPOT.P2I.TAU``).
+        use_log: log-probability (True) or probability (False) (``MODEL.PROPOT.P2I.LOG``).
         reduction: ``"mean"`` over the identities with positives (the default, as
-            ``MODEL.PROPOT.LOSS.P2I_REDUCTION``) or ``"sum"`` (eq. 10 as printed).
+            ``MODEL.PROPOT.P2I.REDUCTION``) or ``"sum"`` (eq. 10 as printed).
 
     Returns:
         Scalar loss (0, attached to the graph, when no prototype has a positive).
@@ -55,8 +55,8 @@ def prototype_to_instance_loss(
     if tau <= 0:
         raise ValueError(f"prototype_to_instance_loss: tau must be > 0, got {tau}")
     if reduction not in ("sum", "mean"):
-        raise KeyError(
-            f"MODEL.PROPOT.LOSS.P2I_REDUCTION must be 'sum' or 'mean', got '{reduction}'"
+        raise ValueError(
+            f"prototype_to_instance_loss: reduction must be 'sum' or 'mean', got '{reduction}'"
         )
     p = F.normalize(prototypes.float(), dim=1)
     x = F.normalize(feats.float(), dim=1)

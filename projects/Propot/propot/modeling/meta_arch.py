@@ -10,6 +10,7 @@ from fastreid.modeling.meta_arch import META_ARCH_REGISTRY
 
 from fastreid_ext.modeling.meta_arch import ClipTextImageBaseline
 
+from ..config import check_propot_config
 from .losses import prototype_to_instance_loss
 from .prototypes import PropotPrototypes
 
@@ -33,6 +34,7 @@ class PropotT2I(ClipTextImageBaseline):
     training_only_prefixes = ClipTextImageBaseline.training_only_prefixes + ("prototypes.",)
 
     def __init__(self, cfg: CfgNode) -> None:
+        check_propot_config(cfg)
         super().__init__(cfg)
         c = cfg.MODEL.PROPOT
         self.propot_enabled = bool(c.ENABLED)
@@ -43,13 +45,8 @@ class PropotT2I(ClipTextImageBaseline):
         )
         self._initial_checked = False
         self.batch_identities_only = c.BATCH_IDENTITIES_ONLY
-        self.p2i_weight, self.p2i_tau = c.LOSS.P2I_WEIGHT, c.LOSS.P2I_TAU
-        self.p2i_log, self.p2i_reduction = c.LOSS.P2I_LOG, c.LOSS.P2I_REDUCTION
-        if self.p2i_reduction not in ("sum", "mean"):
-            raise KeyError(
-                "MODEL.PROPOT.LOSS.P2I_REDUCTION must be 'sum' or 'mean', got "
-                f"'{self.p2i_reduction}'"
-            )
+        self.p2i_weight, self.p2i_tau = c.P2I.WEIGHT, c.P2I.TAU
+        self.p2i_log, self.p2i_reduction = c.P2I.LOG, c.P2I.REDUCTION
 
     def prototype_loss(self, v: torch.Tensor, t: torch.Tensor, pids: torch.Tensor) -> torch.Tensor:
         """Unweighted L_p2i (eq. 10) of a batch: ``v``, ``t`` [B, d] global features, ``pids`` [B].

@@ -27,13 +27,13 @@ class DomainConditionalPrompting(nn.Module):
     Every identity i has its own K learnable context vectors per modality (``contexts``
     [2, N, K, d]; index 0 = visual c_v,i, 1 = textual c_t,i), placed before its initial prototype.
     The SAE (``depth`` = N_a self-attention + FFN blocks) is shared by both modalities or one per
-    modality. Each identity's sequence is encoded independently, so encoding a subset of the
+    modality (``MODEL.PROPOT.DPP.SHARING``). Each identity's sequence is encoded independently, so encoding a subset of the
     identities gives exactly their rows of the full computation.
 
     Args:
         num_ids: N training identities.
         dim: feature width d.
-        context_length: K.
+        num_contexts: K, context vectors per identity and modality.
         depth: N_a.
         heads, ffn_ratio, dropout, norm_first: block settings (see :class:`PropotAttentionBlock`).
         share_encoder: one SAE for both modalities.
@@ -44,7 +44,7 @@ class DomainConditionalPrompting(nn.Module):
         self,
         num_ids: int,
         dim: int,
-        context_length: int = 4,
+        num_contexts: int = 4,
         depth: int = 1,
         heads: int = 8,
         ffn_ratio: float = 4.0,
@@ -54,12 +54,12 @@ class DomainConditionalPrompting(nn.Module):
         init_std: float = 0.02,
     ) -> None:
         super().__init__()
-        if num_ids <= 0 or context_length < 1:
+        if num_ids <= 0 or num_contexts < 1:
             raise ValueError(
                 f"DomainConditionalPrompting: need num_ids > 0 and K >= 1, got {num_ids}, "
-                f"{context_length}"
+                f"{num_contexts}"
             )
-        self.contexts = nn.Parameter(torch.randn(2, num_ids, context_length, dim) * init_std)
+        self.contexts = nn.Parameter(torch.randn(2, num_ids, num_contexts, dim) * init_std)
         self.encoders = nn.ModuleList(
             PropotBlockStack(dim, depth, heads, ffn_ratio, dropout, norm_first, cross=False)
             for _ in range(1 if share_encoder else 2)
@@ -125,8 +125,9 @@ class InstanceConditionalPrompting(nn.Module):
         if not (intra or inter):
             raise ValueError("InstanceConditionalPrompting: enable intra and/or inter")
         if sharing not in ("shared", "per_call"):
-            raise KeyError(
-                f"MODEL.PROPOT.IPP.SHARING must be 'shared' or 'per_call', got '{sharing}'"
+            raise ValueError(
+                "InstanceConditionalPrompting: sharing must be 'shared' or 'per_call', got "
+                f"'{sharing}'"
             )
         self.calls = [
             c

@@ -1,4 +1,5 @@
-"""Propot's identity prototypes: 'initialize, adapt, enrich, then aggregate' (§3.2-3.5)."""
+"""Propot's identity prototypes: 'initialize, adapt, enrich, then aggregate' (paper Secs.
+3.2-3.5)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,9 @@ import torch.nn.functional as F
 from fastreid.config import CfgNode
 from torch import nn
 
+from fastreid_ext.config import ConfigValueError
+
+from ..config import check_propot_config, num_candidate_prototypes
 from .aggregation import build_prototype_aggregation
 from .prompting import DomainConditionalPrompting, InstanceConditionalPrompting
 
@@ -32,7 +36,8 @@ class PropotPrototypes(nn.Module):
     ``forward(ids, v, t)`` returns the final prototypes p^v, p^t [M, d] of identities ``ids``
     (``None``: all N) given the batch's global features V_B, T_B [B, d].
 
-    Reads ``MODEL.PROPOT.{DPP, IPP, AGGREGATION, HEADS, FFN_RATIO, DROPOUT, NORM_FIRST}``.
+    Reads ``MODEL.PROPOT.{BLOCK, DPP, IPP, AGGREGATION}`` (validated by
+    :func:`~propot.config.check_propot_config`).
     """
 
     def __init__(self, cfg: CfgNode, num_ids: int, dim: int) -> None:
@@ -41,39 +46,39 @@ class PropotPrototypes(nn.Module):
             raise ValueError(
                 "Propot needs MODEL.HEADS.NUM_CLASSES > 0 training identities (set from the data)"
             )
+        check_propot_config(cfg)
         c = cfg.MODEL.PROPOT
+        if dim % c.BLOCK.NUM_HEADS:
+            raise ConfigValueError(
+                "MODEL.PROPOT.BLOCK.NUM_HEADS", c.BLOCK.NUM_HEADS, f"a divisor of the width {dim}"
+            )
         self.num_ids, self.dim = num_ids, dim
         self.register_buffer("initial_v", torch.zeros(num_ids, dim))
         self.register_buffer("initial_t", torch.zeros(num_ids, dim))
         self.register_buffer("initialized", torch.zeros((), dtype=torch.bool))
         self.register_buffer("data_fingerprint", torch.zeros((), dtype=torch.int64))
+        b = c.BLOCK
         block = dict(
-            heads=c.HEADS, ffn_ratio=c.FFN_RATIO, dropout=c.DROPOUT, norm_first=c.NORM_FIRST
+            heads=b.NUM_HEADS, ffn_ratio=b.FFN_RATIO, dropout=b.DROPOUT, norm_first=b.NORM_FIRST
         )
         self.dpp: Optional[DomainConditionalPrompting] = None
         if c.DPP.ENABLED:
             self.dpp = DomainConditionalPrompting(
                 num_ids,
                 dim,
-                c.DPP.CONTEXT_LENGTH,
-                c.DPP.DEPTH,
-                share_encoder=c.DPP.SHARE_SAE,
+                c.DPP.NUM_CONTEXTS,
+                c.DPP.NUM_BLOCKS,
+                share_encoder=c.DPP.SHARING == "shared",
                 init_std=c.DPP.CONTEXT_INIT_STD,
                 **block,
             )
         self.ipp: Optional[InstanceConditionalPrompting] = None
-        if c.IPP.INTRA or c.IPP.INTER:
-            if c.IPP.QUERY not in ("initial", "adapted"):
-                raise KeyError(
-                    f"MODEL.PROPOT.IPP.QUERY must be 'initial' or 'adapted', got '{c.IPP.QUERY}'"
-                )
-            if c.IPP.QUERY == "adapted" and self.dpp is None:
-                raise ValueError("MODEL.PROPOT.IPP.QUERY 'adapted' needs MODEL.PROPOT.DPP.ENABLED")
+        if c.IPP.INTRA.ENABLED or c.IPP.INTER.ENABLED:
             self.ipp = InstanceConditionalPrompting(
                 dim,
-                c.IPP.DEPTH,
-                intra=c.IPP.INTRA,
-                inter=c.IPP.INTER,
+                c.IPP.NUM_BLOCKS,
+                intra=c.IPP.INTRA.ENABLED,
+                inter=c.IPP.INTER.ENABLED,
                 sharing=c.IPP.SHARING,
                 tie_blocks=c.IPP.TIE_BLOCKS,
                 **block,
@@ -81,8 +86,7 @@ class PropotPrototypes(nn.Module):
         self.ipp_query = c.IPP.QUERY
         self.detach_instances = c.IPP.DETACH_INSTANCES
         self.normalize_instances = c.IPP.NORMALIZE_INSTANCES
-        num_candidates = int(self.dpp is not None) + int(c.IPP.INTRA) + int(c.IPP.INTER)
-        self.aggregation = build_prototype_aggregation(cfg, dim, num_candidates)
+        self.aggregation = build_prototype_aggregation(cfg, dim, num_candidate_prototypes(cfg))
 
     @torch.no_grad()
     def set_initial(self, pt_v: torch.Tensor, pt_t: torch.Tensor, fingerprint: int = 0) -> None:

@@ -28,7 +28,7 @@ class VisualOutputs(NamedTuple):
 class TwoStreamImageEncoder(nn.Module):
     """Visible and infrared stems in front of one shared CLIP image trunk.
 
-    ResNet (CSDN): stem = conv1-bn1-conv2-bn2-conv3-bn3-ReLU-avgpool (``relu_quirk``, the
+    ResNet (CSDN): stem = conv1-bn1-conv2-bn2-conv3-bn3-ReLU-avgpool (``single_relu``, the
     authors' stem keeps one ReLU of CLIP's three) or CLIP's stem with all three ReLUs; the
     infrared stem is a deep copy. Trunk = layer1..layer4 (+ attention pool). ViT (a variant, not
     in the authors' code): the patch embedding is modality-specific, the rest is shared.
@@ -37,10 +37,10 @@ class TwoStreamImageEncoder(nn.Module):
         visual: an open_clip image tower (``ModifiedResNet`` or ``VisionTransformer``); its
             modules are moved into this encoder.
         is_vit: which of the two it is.
-        relu_quirk: ResNet stem with a single ReLU.
+        single_relu: ResNet stem with a single ReLU.
     """
 
-    def __init__(self, visual: nn.Module, is_vit: bool, relu_quirk: bool = True) -> None:
+    def __init__(self, visual: nn.Module, is_vit: bool, single_relu: bool = True) -> None:
         super().__init__()
         self.is_vit = is_vit
         if is_vit:
@@ -52,7 +52,7 @@ class TwoStreamImageEncoder(nn.Module):
         else:
             v = visual
             parts = [v.conv1, v.bn1, v.act1, v.conv2, v.bn2, v.act2, v.conv3, v.bn3, v.act3]
-            if relu_quirk:
+            if single_relu:
                 parts = [v.conv1, v.bn1, v.conv2, v.bn2, v.conv3, v.bn3, v.act3]
             stem = nn.Sequential(*parts, v.avgpool)
             self.trunk = nn.Sequential(v.layer1, v.layer2, v.layer3, v.layer4)

@@ -7,6 +7,7 @@ from typing import Tuple
 import torch
 from torch import nn
 
+from fastreid_ext.config import ConfigValueError
 from fastreid_ext.text import ClipTokenizer
 
 __all__ = ["IdentityPromptLearner"]
@@ -47,9 +48,10 @@ class IdentityPromptLearner(nn.Module):
         if slots.numel() == 0 or not torch.equal(
             slots, torch.arange(int(slots[0]), int(slots[0]) + slots.numel())
         ):
-            raise ValueError(
-                f"MODEL.CSDN.PROMPT.TEMPLATE {template!r} needs one contiguous run of 'X' "
-                "placeholders (the identity-specific tokens)"
+            raise ConfigValueError(
+                "MODEL.CSDN.MSPL.TEMPLATE",
+                template,
+                "a template with one contiguous run of 'X' placeholders (the identity tokens)",
             )
         eot = int(ids.argmax())
         start, end = int(slots[0]), int(slots[-1]) + 1

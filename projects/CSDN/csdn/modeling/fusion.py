@@ -5,9 +5,11 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-__all__ = ["SemanticInformationIntegration", "SII_FORMS"]
+from fastreid_ext.config import check_choice
 
-SII_FORMS = ("single_key", "two_key")
+from ..config import SII_NAMES
+
+__all__ = ["SemanticInformationIntegration"]
 
 
 def _branch(dim: int, dropout: float) -> nn.Sequential:
@@ -18,25 +20,24 @@ class SemanticInformationIntegration(nn.Module):
     """``fused = t_vis + W_c(sum_j a_j v_j)`` with ``q = drop(tanh(W_q t_vis))``,
     ``k_j = drop(tanh(W_k s_j))``, ``v_j = drop(tanh(W_v s_j))``, ``a = softmax_j(q . k_j / sqrt(D))``.
 
-    * ``form="single_key"`` (the authors'): the only source is ``s = t_ir``, so ``a == 1`` and
+    * ``name="single_key"`` (the authors'): the only source is ``s = t_ir``, so ``a == 1`` and
       ``fused = t_vis + W_c drop(tanh(W_v t_ir))``; ``W_q`` and ``W_k`` never get a gradient
       (they are kept so the module has the authors' structure and parameter count; parameter
       names differ from theirs and no converter of their checkpoints is provided).
-    * ``form="two_key"``: sources ``(t_vis, t_ir)``; the visible query weighs both texts.
+    * ``name="two_key"``: sources ``(t_vis, t_ir)``; the visible query weighs both texts.
 
     Inputs ``t_vis, t_ir [B, D]``; output ``[B, D]``.
     """
 
-    def __init__(self, dim: int, form: str = "single_key", dropout: float = 0.1) -> None:
+    def __init__(self, dim: int, name: str = "single_key", dropout: float = 0.1) -> None:
         super().__init__()
-        if form not in SII_FORMS:
-            raise KeyError(f"MODEL.CSDN.SII.FORM must be one of {SII_FORMS}, got '{form}'")
-        self.dim, self.form = dim, form
+        self.dim = dim
+        self.name = check_choice("MODEL.CSDN.SII.NAME", name, SII_NAMES)
         self.query, self.key, self.value = (_branch(dim, dropout) for _ in range(3))
         self.common = nn.Linear(dim, dim)
 
     def _sources(self, t_vis: torch.Tensor, t_ir: torch.Tensor) -> torch.Tensor:
-        if self.form == "single_key":
+        if self.name == "single_key":
             return t_ir[:, None]
         return torch.stack([t_vis, t_ir], dim=1)
 

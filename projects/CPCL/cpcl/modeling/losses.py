@@ -1,6 +1,8 @@
-"""CPCL's hybrid-level cross-modal matching losses: PCM (prototypes) and ICPM (instances).
+"""CPCL's hybrid-level cross-modal matching (HCM) losses: PCM (prototypes) and ICPM (instances).
 
-Formulas follow text-reid.md §2.3 [design choice: no public source].
+The paper names both losses (arXiv 2401.10011) but its formulas are not public; the forms here
+follow cluster-contrast's memory loss (PCM) and CMPM / IRRA's SDM (ICPM), as documented in
+projects/CPCL/README.md ("Design choices").
 """
 
 from __future__ import annotations
@@ -9,13 +11,14 @@ from typing import Dict, Optional
 
 import torch
 import torch.nn.functional as F
+from fastreid.config import CfgNode
 
+from fastreid_ext.config import check_choice
 from fastreid_ext.modeling.losses import similarity_distribution_matching
 
-__all__ = ["PCM_MODES", "ICPM_POSITIVES", "pcm_loss", "icpm_positives", "icpm_loss", "hcm_losses"]
+from ..config import ICPM_POSITIVES, PCM_NAMES
 
-PCM_MODES = ("hybrid", "intra", "cross")
-ICPM_POSITIVES = ("image", "text", "either", "instance")
+__all__ = ["pcm_loss", "icpm_positives", "icpm_loss", "hcm_losses"]
 
 
 def _prototype_ce(x: torch.Tensor, memory: torch.Tensor, labels: torch.Tensor, tau: float):
@@ -36,7 +39,7 @@ def pcm_loss(
     image_memory: torch.Tensor,
     text_memory: torch.Tensor,
     tau: float = 0.05,
-    mode: str = "hybrid",
+    name: str = "hybrid",
 ) -> torch.Tensor:
     """Prototypical contrastive matching.
 
@@ -45,20 +48,19 @@ def pcm_loss(
         image_labels, text_labels: ``[B]`` pseudo labels (``-1`` = outlier).
         image_memory, text_memory: ``[K_v, D]`` / ``[K_t, D]`` L2-normalised centroids.
         tau: temperature.
-        mode: "intra" (L_v2Mv + L_t2Mt), "cross" (L_t2Mv + L_v2Mt) or "hybrid" (all four).
+        name: "intra" (L_v2Mv + L_t2Mt), "cross" (L_t2Mv + L_v2Mt) or "hybrid" (all four).
     Returns:
         Mean of the terms that have labelled samples (each term a mean over those samples);
         a zero that still depends on the features when there is none.
     """
-    if mode not in PCM_MODES:
-        raise ValueError(f"CPCL.PCM.MODE must be one of {PCM_MODES}, got {mode!r}")
+    check_choice("MODEL.CPCL.PCM.NAME", name, PCM_NAMES)
     terms = []
-    if mode in ("intra", "hybrid"):
+    if name in ("intra", "hybrid"):
         terms += [
             _prototype_ce(image_feats, image_memory, image_labels, tau),  # L_v2Mv
             _prototype_ce(text_feats, text_memory, text_labels, tau),  # L_t2Mt
         ]
-    if mode in ("cross", "hybrid"):
+    if name in ("cross", "hybrid"):
         terms += [
             _prototype_ce(text_feats, image_memory, image_labels, tau),  # L_t2Mv
             _prototype_ce(image_feats, text_memory, text_labels, tau),  # L_v2Mt
@@ -72,18 +74,17 @@ def pcm_loss(
 def icpm_positives(
     image_labels: torch.Tensor,
     text_labels: torch.Tensor,
-    mode: str = "image",
+    kind: str = "image",
     image_ids: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
     """``[B, B]`` bool matrix of ICPM positives.
 
     ``y_ij = 1`` if ``i == j``, if pairs i and j show the same image (``image_ids`` ``[B]``:
     captions of one image are pairing information, not an identity label, so they are always
-    positives of each other), or if the pseudo labels chosen by ``mode`` (one of
-    :data:`ICPM_POSITIVES`) agree and are ``!= -1``. ``image_labels``, ``text_labels``: ``[B]``.
+    positives of each other), or if the pseudo labels chosen by ``kind`` (one of
+    ``cpcl.config.ICPM_POSITIVES``) agree and are ``!= -1``. ``image_labels``, ``text_labels``: ``[B]``.
     """
-    if mode not in ICPM_POSITIVES:
-        raise ValueError(f"CPCL.ICPM.POSITIVES must be one of {ICPM_POSITIVES}, got {mode!r}")
+    check_choice("MODEL.CPCL.ICPM.POSITIVES", kind, ICPM_POSITIVES)
     b = image_labels.shape[0]
     pos = torch.eye(b, dtype=torch.bool, device=image_labels.device)
 
@@ -97,9 +98,9 @@ def icpm_positives(
             )
         ids = image_ids.to(pos.device)
         pos |= ids.view(-1, 1) == ids.view(1, -1)
-    if mode in ("image", "either"):
+    if kind in ("image", "either"):
         pos |= same(image_labels)
-    if mode in ("text", "either"):
+    if kind in ("text", "either"):
         pos |= same(text_labels)
     return pos
 
@@ -146,10 +147,11 @@ def hcm_losses(
     text_labels: torch.Tensor,
     image_memory: torch.Tensor,
     text_memory: torch.Tensor,
-    cfg_cpcl,
+    cfg_cpcl: CfgNode,
     image_ids: Optional[torch.Tensor] = None,
 ) -> Dict[str, torch.Tensor]:
-    """The weighted HCM losses selected by ``cfg.CPCL`` (``loss_pcm``, ``loss_icpm``), float32.
+    """The weighted HCM losses enabled in ``cfg_cpcl`` (``MODEL.CPCL``): ``loss_pcm`` if
+    ``PCM.ENABLED``, ``loss_icpm`` if ``ICPM.ENABLED``; float32 scalars.
 
     Args:
         image_feats, text_feats: ``[B, D]`` global features (any float dtype, e.g. bf16 from an
@@ -157,6 +159,7 @@ def hcm_losses(
         image_labels, text_labels: ``[B]`` pseudo labels (``-1`` = outlier).
         image_memory, text_memory: ``[K_v, D]`` / ``[K_t, D]`` prototypes.
         image_ids: ``[B]`` image id of each pair (ICPM positives), or None.
+        cfg_cpcl: the ``MODEL.CPCL`` node.
 
     Autocast is disabled here and every input is cast to float32, so the losses are computed in
     float32 even inside a bf16/fp16 ``torch.autocast`` region (``.float()`` alone does not
@@ -166,11 +169,11 @@ def hcm_losses(
     with torch.autocast(device_type=image_feats.device.type, enabled=False):
         v, t = image_feats.float(), text_feats.float()
         mv, mt = image_memory.float(), text_memory.float()
-        if "PCM" in cfg_cpcl.LOSSES:
+        if cfg_cpcl.PCM.ENABLED:
             out["loss_pcm"] = cfg_cpcl.PCM.WEIGHT * pcm_loss(
-                v, t, image_labels, text_labels, mv, mt, cfg_cpcl.PCM.TAU, cfg_cpcl.PCM.MODE
+                v, t, image_labels, text_labels, mv, mt, cfg_cpcl.PCM.TAU, cfg_cpcl.PCM.NAME
             )
-        if "ICPM" in cfg_cpcl.LOSSES:
+        if cfg_cpcl.ICPM.ENABLED:
             pos = icpm_positives(image_labels, text_labels, cfg_cpcl.ICPM.POSITIVES, image_ids)
             out["loss_icpm"] = cfg_cpcl.ICPM.WEIGHT * icpm_loss(
                 v, t, pos, cfg_cpcl.ICPM.TAU, cfg_cpcl.ICPM.EPS

@@ -1,4 +1,4 @@
-"""CSDN meta-architecture: two-stream CLIP image encoder, MsPL, SII and the HSE losses."""
+"""CSDN meta-architecture: two-stream CLIP image encoder, MsPL, SII and the phase-3 losses."""
 
 from __future__ import annotations
 
@@ -15,17 +15,16 @@ from fastreid_ext.data.vi.base import INFRARED, VISIBLE
 from fastreid_ext.registry import lookup
 from fastreid_ext.utils.distributed_ops import all_gather_rows
 
+from ..config import check_csdn_config
 from .encoder import BNClassifierHead, TwoStreamImageEncoder
 from .fusion import SemanticInformationIntegration
 from .losses import msel_loss, supcon_loss, wrt_triplet_loss
 from .prompt import IdentityPromptLearner
 
-__all__ = ["CSDN", "PHASES", "TEXT_TARGETS", "HSE_FORMS"]
+__all__ = ["CSDN", "PHASES"]
 
 #: Training phases: MsPL prompts, SII fusion, image encoder (HSE).
 PHASES = ("prompt", "fusion", "image")
-TEXT_TARGETS = ("fused", "modality", "shared")
-HSE_FORMS = ("hse", "clipreid")
 # Modules trained in each phase (parameter-name prefixes).
 _PHASE_MODULES = {
     "prompt": ("prompt_learners.",),
@@ -73,56 +72,42 @@ class CSDN(nn.Module):
 
     def __init__(self, cfg: CfgNode) -> None:
         super().__init__()
+        check_csdn_config(cfg)
         c = cfg.MODEL.CSDN
         num_classes = cfg.MODEL.HEADS.NUM_CLASSES
         if num_classes <= 0:
             raise ValueError("CSDN needs MODEL.HEADS.NUM_CLASSES > 0 (set from the training data)")
         clip = lookup(BACKBONE_REGISTRY, cfg.MODEL.BACKBONE.NAME, "MODEL.BACKBONE.NAME")(cfg)
         self.image_encoder = TwoStreamImageEncoder(
-            clip.model.visual, clip.is_vit, c.STEM_RELU_QUIRK
+            clip.model.visual, clip.is_vit, c.QUIRKS.STEM_SINGLE_RELU
         )
         clip.model.visual = None  # moved into image_encoder; the text tower stays
         self.text_encoder = clip.requires_grad_(False)
         dim = clip.embed_dim
-        n_learners = 2 if c.PROMPT.MODALITY_SPECIFIC else 1
         self.prompt_learners = nn.ModuleList(
             IdentityPromptLearner(
                 num_classes,
                 clip.token_embedding,
-                c.PROMPT.TEMPLATE,
-                c.PROMPT.INIT_STD,
+                c.MSPL.TEMPLATE,
+                c.MSPL.INIT_STD,
                 cfg.MODEL.CLIP.CONTEXT_LENGTH,
             )
-            for _ in range(n_learners)
+            for _ in range(2 if c.MSPL.ENABLED else 1)
         )
         self.fusion = None
         if c.SII.ENABLED:
-            if n_learners != 2:
-                raise ValueError(
-                    "MODEL.CSDN.SII.ENABLED needs two prompt learners "
-                    "(MODEL.CSDN.PROMPT.MODALITY_SPECIFIC True)"
-                )
-            self.fusion = SemanticInformationIntegration(dim, c.SII.FORM, c.SII.DROPOUT)
-        hse = c.HSE
-        if hse.TEXT_TARGET not in TEXT_TARGETS or hse.FORM not in HSE_FORMS:
-            raise KeyError(
-                f"MODEL.CSDN.HSE.TEXT_TARGET must be one of {TEXT_TARGETS} and FORM one of "
-                f"{HSE_FORMS}; got '{hse.TEXT_TARGET}', '{hse.FORM}'"
-            )
-        needs = {"fused": "SII.ENABLED True", "modality": "PROMPT.MODALITY_SPECIFIC True"}
-        ok = {"fused": self.fusion is not None, "modality": n_learners == 2, "shared": True}
-        if not ok[hse.TEXT_TARGET]:
-            raise ValueError(
-                f"MODEL.CSDN.HSE.TEXT_TARGET '{hse.TEXT_TARGET}' needs MODEL.CSDN."
-                f"{needs[hse.TEXT_TARGET]}"
-            )
-        if hse.MSEL_WEIGHT > 0 and cfg.DATALOADER.NUM_INSTANCE < 2:
-            raise ValueError(
-                f"MODEL.CSDN.HSE.MSEL_WEIGHT={hse.MSEL_WEIGHT} needs DATALOADER.NUM_INSTANCE >= 2 "
-                f"(MSEL compares each image with the K-1 others of its identity), got "
-                f"{cfg.DATALOADER.NUM_INSTANCE}; set MODEL.CSDN.HSE.MSEL_WEIGHT 0 or raise K"
-            )
-        self.hse = hse
+            self.fusion = SemanticInformationIntegration(dim, c.SII.NAME, c.SII.DROPOUT)
+        self.text_target = c.HSE.TEXT_TARGET
+        self.i2t_loss = c.HSE.NAME
+        self.weights = {
+            "id": c.ID.WEIGHT,
+            "triplet": c.TRIPLET.WEIGHT,
+            "msel": c.MSEL.WEIGHT if c.MSEL.ENABLED else None,
+            "hse_vis": c.HSE.VIS_WEIGHT,
+            "hse_ir": c.HSE.IR_WEIGHT,
+            "clipreid": c.HSE.CLIPREID.WEIGHT,
+        }
+        self.label_smoothing = c.HSE.CLIPREID.LABEL_SMOOTHING
         self.gather_loss_features = bool(c.DDP.GATHER_LOSS_FEATURES)
         self.num_instances = cfg.DATALOADER.NUM_INSTANCE
         self.test_flip = c.TEST_FLIP
@@ -180,7 +165,7 @@ class CSDN(nn.Module):
     def text_targets(self, labels: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         """HSE targets (for visible images, for infrared images) of ``labels`` per TEXT_TARGET."""
         t_vis, t_ir = self.class_texts(labels)
-        if self.hse.TEXT_TARGET == "fused":
+        if self.text_target == "fused":
             fused = self.fusion(t_vis, t_ir)
             return fused, fused
         return t_vis, t_ir
@@ -264,7 +249,12 @@ class CSDN(nn.Module):
         }
 
     def image_losses(self, batch: Dict[str, Any]) -> Dict[str, torch.Tensor]:
-        """Phase 3: ID + WRT (+ MSEL) + HSE on ``[visible views..., infrared]`` images."""
+        """Phase 3: ID + WRT (+ MSEL) + HSE on ``[visible views..., infrared]`` images.
+
+        ``batch``: ``vis_images [B, V, 3, H, W]`` (V augmented views of each visible image),
+        ``ir_images [B, 3, H, W]``, ``vis_targets, ir_targets [B]``. Rows of the features are
+        view-major: ``[view 0 (B); ...; view V-1 (B); infrared (B)]``.
+        """
         vis = batch["vis_images"]  # [B, V, 3, H, W]
         b, views = vis.shape[:2]
         vis = vis.transpose(0, 1).reshape(b * views, *vis.shape[2:])  # view-major blocks
@@ -276,41 +266,61 @@ class CSDN(nn.Module):
         f_p = out.proj_feat
         _, _, logits_p = self.head_proj(f_p)
         f_g, f_p, logits_g, logits_p = f_g.float(), f_p.float(), logits_g.float(), logits_p.float()
-        h = self.hse
-        # batch-pool losses: the global batch under DDP with GATHER_LOSS_FEATURES (blocks of
-        # views + 1 rows per pair, kept block-major), this rank's batch otherwise
+        w = self.weights
+        losses = {
+            "loss_id": w["id"]
+            * (F.cross_entropy(logits_g, labels) + F.cross_entropy(logits_p, labels)),
+        }
+        losses.update(self._pool_losses(f_g, f_p, labels, views, torch.equal(y_vis, y_ir)))
+        losses.update(self._image_to_text_losses(f_p, labels, b, views))
+        return losses
+
+    def _pool_losses(
+        self, f_g: torch.Tensor, f_p: torch.Tensor, labels: torch.Tensor, views: int, paired: bool
+    ) -> Dict[str, torch.Tensor]:
+        """WRT triplet and MSEL on the GeM features ``f_g`` and projected features ``f_p``
+        ``[(V + 1) B, D]``, over the global batch under DDP with GATHER_LOSS_FEATURES (blocks of
+        ``views + 1`` rows per pair, kept block-major), this rank's batch otherwise."""
+        w = self.weights
         pool_g, pool_p, pool_y = (self.pool(t, views + 1) for t in (f_g, f_p, labels))
         losses = {
-            "loss_id": h.ID_WEIGHT
-            * (F.cross_entropy(logits_g, labels) + F.cross_entropy(logits_p, labels)),
-            "loss_triplet": h.TRI_WEIGHT
+            "loss_triplet": w["triplet"]
             * (wrt_triplet_loss(pool_g, pool_y) + wrt_triplet_loss(pool_p, pool_y)),
         }
-        view_a, ir = slice(0, b), slice(b * views, b * (views + 1))
-        if h.MSEL_WEIGHT > 0:
-            if not torch.equal(y_vis, y_ir):
+        if w["msel"] is not None:
+            if not paired:
                 raise ValueError(
-                    "MSEL (MODEL.CSDN.HSE.MSEL_WEIGHT > 0) needs same-identity pairs: "
+                    "MSEL (MODEL.CSDN.MSEL.ENABLED) needs same-identity pairs: "
                     "batch['ir_targets'] must equal batch['vis_targets'] row by row"
                 )
             k, n = self.num_instances, pool_y.shape[0] // (views + 1)  # n: pairs in the pool
             pool_a, pool_ir = slice(0, n), slice(n * views, n * (views + 1))
-            losses["loss_msel"] = h.MSEL_WEIGHT * (
+            losses["loss_msel"] = w["msel"] * (
                 msel_loss(pool_g[pool_a], pool_g[pool_ir], pool_y[pool_a], k)
                 + msel_loss(pool_p[pool_a], pool_p[pool_ir], pool_y[pool_a], k)
             )
-        bank_vis, bank_ir = self.text_bank_visible.float(), self.text_bank_infrared.float()
-        if h.FORM == "hse":
-            losses["loss_hse_vis"] = h.VIS_WEIGHT * F.cross_entropy(
-                f_p[view_a] @ bank_vis.t(), y_vis
-            )
-            losses["loss_hse_ir"] = h.IR_WEIGHT * F.cross_entropy(f_p[ir] @ bank_ir.t(), y_ir)
-        else:
-            logits = torch.cat([f_p[: b * views] @ bank_vis.t(), f_p[ir] @ bank_ir.t()])
-            losses["loss_clipreid_i2t"] = h.CLIPREID_WEIGHT * F.cross_entropy(
-                logits, labels, label_smoothing=h.LABEL_SMOOTHING
-            )
         return losses
+
+    def _image_to_text_losses(
+        self, f_p: torch.Tensor, labels: torch.Tensor, b: int, views: int
+    ) -> Dict[str, torch.Tensor]:
+        """Image-to-text CE of ``f_p [(V + 1) B, D]`` against the frozen text banks ``[N, D]``
+        (raw dot products): HSE (visible view 0 and infrared images, weighted separately) or
+        CLIP-ReID's label-smoothed CE over every image (``MODEL.CSDN.HSE.NAME``)."""
+        w = self.weights
+        bank_vis, bank_ir = self.text_bank_visible.float(), self.text_bank_infrared.float()
+        view_a, ir = slice(0, b), slice(b * views, b * (views + 1))
+        if self.i2t_loss == "hse":
+            return {
+                "loss_hse_vis": w["hse_vis"]
+                * F.cross_entropy(f_p[view_a] @ bank_vis.t(), labels[view_a]),
+                "loss_hse_ir": w["hse_ir"] * F.cross_entropy(f_p[ir] @ bank_ir.t(), labels[ir]),
+            }
+        logits = torch.cat([f_p[: b * views] @ bank_vis.t(), f_p[ir] @ bank_ir.t()])
+        return {
+            "loss_clipreid_i2t": w["clipreid"]
+            * F.cross_entropy(logits, labels, label_smoothing=self.label_smoothing)
+        }
 
     def state_summary(self) -> List[str]:
         """Names of the trainable modules (for logs)."""

@@ -154,7 +154,7 @@ def test_gathered_losses_and_gradients_equal_one_process_on_the_global_batch(tmp
     MSEL of phase 3) equal one process's on the whole batch, and DDP's averaged gradients equal
     the single-process gradients; without it (the old behaviour) neither holds."""
     mp.spawn(_gather_rank, args=(str(tmp_path / "init"), str(tmp_path)), nprocs=WORLD, join=True)
-    ranks = [torch.load(tmp_path / f"gather_rank{r}.pt") for r in range(WORLD)]
+    ranks = [torch.load(tmp_path / f"gather_rank{r}.pt", weights_only=True) for r in range(WORLD)]
     for phase in PHASES:
         want_losses, want_grads = _step(True, phase, None)  # one process, whole batch
         for gather in (True, False):
@@ -263,7 +263,7 @@ def test_trainer_ddp_follows_broadcast_buffers_and_shares_rank0_buffers(tiny_roo
         nprocs=WORLD,
         join=True,
     )
-    r0, r1 = (torch.load(tmp_path / f"trainer_rank{r}.pt") for r in range(WORLD))
+    r0, r1 = (torch.load(tmp_path / f"trainer_rank{r}.pt", weights_only=True) for r in range(WORLD))
     for flag in (False, True):
         for rec in (r0[flag], r1[flag]):
             assert rec["ddp"] == "DistributedDataParallel"

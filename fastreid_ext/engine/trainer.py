@@ -131,9 +131,12 @@ class ExtTrainer(DefaultTrainer):
             try:
                 self.build_evaluator(self.cfg, name)
             except Exception as exc:
-                raise type(exc)(
-                    f"DATASETS.TESTS entry '{name}' cannot be evaluated: {exc}"
-                ) from exc
+                message = f"DATASETS.TESTS entry '{name}' cannot be evaluated: {exc}"
+                try:  # keep the exception type (KeyError, FileNotFoundError, ...) when possible
+                    error = type(exc)(message)
+                except Exception:
+                    error = RuntimeError(message)
+                raise error from exc
 
     # ------------------------------------------------------------------ data
     @classmethod

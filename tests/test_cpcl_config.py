@@ -12,7 +12,6 @@ import subprocess
 import sys
 
 import pytest
-from fastreid.config import CfgNode
 
 from cpcl import CPCLT2I
 from cpcl.config import check_cpcl_config
@@ -20,6 +19,7 @@ from fastreid_ext.config import ConfigValueError
 from fastreid_ext.engine import build_cfg
 from fastreid_ext.engine.setup import plugins_from_config_file
 
+from .config_docs import assert_keys_documented
 from .conftest import REPO
 
 CONFIGS = REPO / "configs" / "CPCL"
@@ -102,26 +102,7 @@ def test_a_cpcl_config_holds_no_other_methods_keys():
     assert "PROPOT" not in keys["model"] and "CSDN" not in keys["model"]
 
 
-def _leaf_keys(node: CfgNode, prefix: str = ""):
-    for k, v in node.items():
-        if isinstance(v, CfgNode):
-            yield from _leaf_keys(v, f"{prefix}{k}.")
-        else:
-            yield prefix + k
-
-
 def test_every_key_has_a_comment_and_a_readme_row():
-    keys = sorted(_leaf_keys(build_cfg(DEMO).MODEL.CPCL))
-    lines = (PACKAGE / "cpcl" / "config.py").read_text().splitlines()
-    assigned = {}
-    for i, line in enumerate(lines):
-        m = re.match(r"\s*_C\.MODEL\.CPCL\.([A-Z0-9_.]+) = (?!CN\(\))", line)
-        if m:
-            assigned[m.group(1)] = lines[i - 1].strip()
-    assert sorted(assigned) == keys
-    uncommented = [k for k, before in assigned.items() if not before.startswith("#")]
-    assert not uncommented, uncommented
-    readme = (PACKAGE / "README.md").read_text()
-    table = readme.split("## Config keys", 1)[1].split("\n## ", 1)[0]
-    rows = set(re.findall(r"^\| `([A-Z0-9_.]+)`", table, flags=re.M))
-    assert rows == set(keys)
+    assert_keys_documented(
+        build_cfg(DEMO).MODEL.CPCL, "CPCL", PACKAGE / "cpcl" / "config.py", PACKAGE / "README.md"
+    )

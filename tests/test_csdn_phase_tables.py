@@ -19,6 +19,7 @@ from csdn.phases import build_phase_optimizer
 from fastreid_ext.config import add_fastreid_ext_config, apply_config_extensions
 
 from .conftest import REPO
+from .test_csdn_modules import _phase_batch
 
 DEMO = str(REPO / "configs" / "CSDN" / "demo.yml")
 
@@ -31,30 +32,6 @@ def _cfg():
     cfg.merge_from_list(["DATALOADER.NUM_INSTANCE", "2"])
     cfg.MODEL.HEADS.NUM_CLASSES = 6
     return cfg
-
-
-def _phase_batch(model, phase):
-    """A hand-made batch of each phase (the batch keys select the phase's losses)."""
-    y = torch.tensor([0, 0, 3, 3, 5, 5])
-    g = torch.Generator().manual_seed(3)
-    d = model.text_bank_visible.shape[1]
-    if phase == "prompt":
-        return {"vis_feats": torch.randn(6, d), "ir_feats": torch.randn(6, d), "targets": y}
-    if phase == "fusion":
-        with torch.no_grad():
-            t_vis, t_ir = model.class_texts(torch.arange(model.num_classes))
-        return {
-            "feats": torch.randn(6, d),
-            "targets": y,
-            "class_text_vis": t_vis,
-            "class_text_ir": t_ir,
-        }
-    return {
-        "vis_images": torch.rand(6, 2, 3, 64, 32, generator=g) * 255,
-        "ir_images": torch.rand(6, 3, 64, 32, generator=g) * 255,
-        "vis_targets": y,
-        "ir_targets": y,
-    }
 
 
 # Written out by hand (README "Modules" table, third column), NOT read from the model.

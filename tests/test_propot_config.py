@@ -8,7 +8,6 @@ from __future__ import annotations
 import re
 
 import pytest
-from fastreid.config import CfgNode
 
 from fastreid_ext.config import ConfigValueError
 from fastreid_ext.engine import build_cfg
@@ -17,6 +16,7 @@ from propot import PropotT2I
 from propot.config import AGGREGATION_NAMES, check_propot_config
 from propot.modeling import PROTOTYPE_AGGREGATIONS, PropotPrototypes
 
+from .config_docs import assert_keys_documented
 from .conftest import REPO
 from .test_propot_modules import propot_cfg
 
@@ -115,26 +115,7 @@ def test_shipped_configs_are_valid_and_import_only_propot(name):
     check_propot_config(build_cfg(path))
 
 
-def _leaf_keys(node: CfgNode, prefix: str = ""):
-    for k, v in node.items():
-        if isinstance(v, CfgNode):
-            yield from _leaf_keys(v, f"{prefix}{k}.")
-        else:
-            yield prefix + k
-
-
 def test_every_key_has_a_comment_and_a_readme_row():
-    keys = sorted(_leaf_keys(propot_cfg().MODEL.PROPOT))
-    lines = (PACKAGE / "propot" / "config.py").read_text().splitlines()
-    assigned = {}
-    for i, line in enumerate(lines):
-        m = re.match(r"\s*_C\.MODEL\.PROPOT\.([A-Z0-9_.]+) = (?!CN\(\))", line)
-        if m:
-            assigned[m.group(1)] = lines[i - 1].strip()
-    assert sorted(assigned) == keys
-    uncommented = [k for k, before in assigned.items() if not before.startswith("#")]
-    assert not uncommented, uncommented
-    readme = (PACKAGE / "README.md").read_text()
-    table = readme.split("## Config keys", 1)[1].split("\n## ", 1)[0]
-    rows = set(re.findall(r"^\| `([A-Z0-9_.]+)`", table, flags=re.M))
-    assert rows == set(keys)
+    assert_keys_documented(
+        propot_cfg().MODEL.PROPOT, "PROPOT", PACKAGE / "propot" / "config.py", PACKAGE / "README.md"
+    )

@@ -16,7 +16,24 @@ export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 DEMOS=${DEMOS:-"configs/Baseline/demo.yml configs/Propot/demo.yml configs/CPCL/demo.yml configs/CSDN/demo.yml"}
 runs=()
 for cfg in $DEMOS; do
-  "$PY" tools/train_net.py --config-file "$cfg"
+  # every query's top-10 gallery items (ranking_*.jsonl) for the retrieval grids below
+  "$PY" tools/train_net.py --config-file "$cfg" TEST.T2I.SAVE_RANKING_TOPK 10 TEST.VI.SAVE_RANKING_TOPK 10
   runs+=("$cfg")
 done
 "$PY" tools/summarize_results.py "${runs[@]}"
+# retrieval grids, worst-queries pages and training curves of every run (prints every path)
+"$PY" tools/visualize_results.py "${runs[@]}"
+# a searchable index of the Baseline demo's test gallery, for tools/search.py and the web page
+BASELINE_DIR=output/demo/baseline
+if [ -f "$BASELINE_DIR/model_final.pth" ]; then
+  "$PY" tools/extract_features.py --config-file configs/Baseline/demo.yml \
+    --weights "$BASELINE_DIR/model_final.pth" --dataset CUHKPEDES --split test \
+    --output "$BASELINE_DIR/gallery_test"
+  echo
+  echo "[run_demo] Retrieval grids and worst-queries pages: output/demo/<method>/visualization/*/"
+  echo "[run_demo]   (worst_queries.html, grids/query_*.png); training curves: output/demo/<method>/training_curves.png"
+  echo "[run_demo] Search the Baseline demo's test gallery from the command line:"
+  echo "[run_demo]   $PY tools/search.py --index $BASELINE_DIR/gallery_test --from-split --num-queries 3 --grid $BASELINE_DIR/search.png"
+  echo "[run_demo] or start the search page (then open http://127.0.0.1:8765/):"
+  echo "[run_demo]   $PY tools/serve_search.py --index $BASELINE_DIR/gallery_test"
+fi

@@ -9,7 +9,7 @@ from fastreid.config import get_cfg
 from fastreid.modeling.meta_arch import build_model
 
 from fastreid_ext.config import add_fastreid_ext_config
-from fastreid_ext.modeling.losses import identity_loss, sdm_loss
+from fastreid_ext.modeling.losses import identity_loss, mlm_loss, sdm_loss
 from fastreid_ext.solver import build_optimizer
 from fastreid_ext.text import ClipTokenizer, mask_tokens
 
@@ -48,17 +48,34 @@ def _batch(b=6):
 
 
 def test_losses_equal_the_formulas():
+    """Every MODEL.T2I value reaches its loss (temperature, eps and weights differ from the loss
+    functions' defaults), and MLM predicts the masked captions from the image tokens."""
     torch.manual_seed(0)
-    model = build_model(_cfg(("SDM", "ID")))
+    cfg = _cfg(("SDM", "ID", "MLM"))
+    t2i = cfg.MODEL.T2I
+    t2i.SDM_TAU, t2i.SDM_EPS = 0.3, 1e-4
+    t2i.SDM_WEIGHT, t2i.ID_WEIGHT, t2i.MLM_WEIGHT = 0.7, 0.4, 0.25
+    model = build_model(cfg)
     batch = _batch()
+    pids = batch["targets"]
     with torch.no_grad():
         feats = model.extract(batch)
         losses = model.losses(feats, batch)
         v, t = feats["image"].global_feat, feats["text"].global_feat
-        sdm = sdm_loss(v, t, batch["targets"], 0.02, 1e-8)
-        expected_id = identity_loss(model.classifier(v), model.classifier(t), batch["targets"])
-    assert float(losses["loss_sdm"]) == pytest.approx(float(sdm))
-    assert float(losses["loss_id"]) == pytest.approx(float(expected_id))
+        sdm = sdm_loss(v, t, pids, 0.3, 1e-4)
+        expected_id = identity_loss(model.classifier(v), model.classifier(t), pids)
+        masked = model.backbone.encode_text_tokens(batch["mlm_ids"]).tokens
+        scores = model.mlm_head(masked, feats["image"].tokens)
+        mlm = mlm_loss(scores, batch["mlm_labels"])
+        unmasked = model.mlm_head(feats["text"].tokens, feats["image"].tokens)
+    assert set(losses) == {"loss_sdm", "loss_id", "loss_mlm"}
+    assert float(losses["loss_sdm"]) == pytest.approx(0.7 * float(sdm))
+    assert float(losses["loss_id"]) == pytest.approx(0.4 * float(expected_id))
+    assert float(losses["loss_mlm"]) == pytest.approx(0.25 * float(mlm))
+    # the configured values change the result: the defaults (tau 0.02) and the unmasked
+    # captions give other losses
+    assert float(sdm_loss(v, t, pids)) != pytest.approx(float(sdm))
+    assert float(mlm_loss(unmasked, batch["mlm_labels"])) != pytest.approx(float(mlm))
 
 
 def test_step_updates_trainable_and_not_frozen_parameters():

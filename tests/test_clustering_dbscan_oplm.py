@@ -11,6 +11,7 @@ from fastreid_ext.clustering import (
     cluster_pseudo_labels,
     dbscan_labels,
     jaccard_distance_dense,
+    k_reciprocal_jaccard,
     label_counts,
     mine_outliers,
     outlier_pseudo_label_mining,
@@ -41,6 +42,27 @@ def test_sparse_and_dense_dbscan_give_identical_labels():
     assert np.array_equal(dense, sparse)
     clusters, outliers = label_counts(sparse)
     assert clusters > 5 and outliers > 0
+
+
+def test_every_clustering_parameter_reaches_its_stage():
+    """cluster_pseudo_labels(k1, k2, eps, min_samples) equals DBSCAN(eps, min_samples) on the
+    full Jaccard graph (every pair below 1) of the same k1, k2, for values other than the
+    defaults, and each parameter changes the labels of these overlapping blobs."""
+    x, _ = _blobs(num=25, size=8, dim=24, noise=1.6, seed=2)
+    runs = {}
+    for k1, k2, eps, min_samples in [
+        (30, 6, 0.6, 4),
+        (30, 6, 0.6, 8),
+        (30, 6, 0.6, 2),
+        (30, 3, 0.6, 4),
+        (20, 6, 0.6, 4),
+        (30, 6, 0.5, 4),
+    ]:
+        full = dbscan_labels(k_reciprocal_jaccard(x, k1, k2, max_distance=1.0), eps, min_samples)
+        sparse = cluster_pseudo_labels(x, k1, k2, eps, min_samples)
+        assert np.array_equal(full, sparse), (k1, k2, eps, min_samples)
+        runs[k1, k2, eps, min_samples] = tuple(sparse)
+    assert len(set(runs.values())) == len(runs)
 
 
 def test_dbscan_rejects_non_square_input():
@@ -138,6 +160,34 @@ def _brute_force_mining(target, guide, feats, groups, min_similarity=None):
         if hit is not None and (min_similarity is None or -hit[0] >= min_similarity):
             out[o] = target[hit[1]]
     return out
+
+
+@pytest.mark.parametrize("mode", ["one_stage", "two_stage"])
+def test_oplm_hands_groups_and_threshold_to_both_directions(mode):
+    """outlier_pseudo_label_mining equals the definition applied per direction with the image
+    groups (image direction) and the minimum similarity (both directions); on these pairs the
+    groups and the threshold each change the result of the direction they act on."""
+    rng = np.random.default_rng(11)
+    n = 80
+    groups = np.arange(n) // 2  # two captions per image: image labels and features per image
+    yv = rng.integers(-1, 4, n // 2)[groups]
+    fv = rng.standard_normal((n // 2, 6)).astype(np.float32)[groups]
+    yt = rng.integers(-1, 4, n)
+    ft = rng.standard_normal((n, 6)).astype(np.float32)
+
+    def expected(min_sim, image_groups):
+        v = _brute_force_mining(yv, yt, fv, image_groups, min_sim)
+        t = _brute_force_mining(yt, v if mode == "two_stage" else yv, ft, np.arange(n), min_sim)
+        return v, t
+
+    got = outlier_pseudo_label_mining(yv, yt, fv, ft, mode, groups, min_similarity=0.3)
+    want = expected(0.3, groups)
+    assert np.array_equal(got[0], want[0]) and np.array_equal(got[1], want[1])
+    no_threshold = expected(None, groups)
+    per_pair = expected(0.3, np.arange(n))
+    assert not np.array_equal(want[0], no_threshold[0])
+    assert not np.array_equal(want[1], no_threshold[1])
+    assert not np.array_equal(want[0], per_pair[0])
 
 
 def test_oplm_chunked_and_blocked_scoring_equal_unchunked_and_brute_force():

@@ -96,7 +96,14 @@ def test_training_set_follows_pseudo_labels_every_epoch(synthetic_root, tmp_path
     assert trainer.iter == trainer.max_iter == sum(probe.steps.values())
     records = [json.loads(x) for x in (tmp_path / "dyn" / "cpcl_pseudo_labels.jsonl").open()]
     assert [r["epoch"] for r in records] == [0, 1, 2]
-    assert all(r["image_clusters"] >= 0 and r["text_outliers"] >= 0 for r in records)
+    # the last record describes the clustering the hook installed: memories sized by its cluster
+    # counts, its outliers after OPLM those of the final labels (demo.yml: one unit per pair)
+    last, model = records[-1], trainer.model
+    assert last["image_clusters"] == model.pmm.image.num_clusters > 0
+    assert last["text_clusters"] == model.pmm.text.num_clusters > 0
+    assert last["image_outliers_after_oplm"] == int((hook.image_labels < 0).sum())
+    assert last["text_outliers_after_oplm"] == int((hook.text_labels < 0).sum())
+    assert last["text_outliers_after_oplm"] <= last["text_outliers"]
 
 
 def test_resume_restores_pseudo_labels_and_memories_exactly(synthetic_root, tmp_path):

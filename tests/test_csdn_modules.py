@@ -170,14 +170,15 @@ def _phase_batch(model, phase: str):
 
 
 @pytest.mark.parametrize("phase", PHASES)
-def test_each_phase_trains_only_its_own_parameters(phase):
+def test_each_phase_batch_gives_the_phase_losses(phase):
+    """A phase's batch gives exactly that phase's loss terms, all finite and differentiable into
+    the phase's optimizer. Which parameters each phase trains is checked against a table written
+    out by hand in test_csdn_phase_tables.py (not against ``phase_parameters``)."""
     torch.manual_seed(0)
     cfg = _cfg()
     model = build_model(cfg)
     model.train()
     optimizer = build_phase_optimizer(cfg, model, PHASES.index(phase))
-    own = {n for n, _ in model.phase_parameters(phase)}
-    before = {n: p.detach().clone() for n, p in model.named_parameters()}
     losses = model(_phase_batch(model, phase))
     expected = {
         "prompt": {"loss_mspl_i2t", "loss_mspl_t2i"},
@@ -187,12 +188,10 @@ def test_each_phase_trains_only_its_own_parameters(phase):
     assert set(losses) == expected and all(torch.isfinite(v) for v in losses.values())
     optimizer.zero_grad()
     sum(losses.values()).backward()
-    optimizer.step()
-    changed = {n for n, p in model.named_parameters() if not torch.equal(p, before[n])}
-    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
-    assert trainable == own and changed <= own and changed
-    prefix = {"prompt": "prompt_learners.", "fusion": "fusion.", "image": "image_encoder."}
-    assert any(n.startswith(prefix[phase]) for n in changed)
+    params = [p for g in optimizer.param_groups for p in g["params"]]
+    assert any(p.grad is not None and bool(p.grad.any()) for p in params)
+    with pytest.raises(KeyError, match="unknown CSDN phase 'mlm'"):
+        next(model.phase_parameters("mlm"))
     if phase == "image":
         lrs = {g["group_name"]: g["lr"] for g in optimizer.param_groups}
         assert lrs["new/weight"] == pytest.approx(2 * lrs["pretrained/weight"])

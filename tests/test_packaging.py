@@ -149,21 +149,32 @@ def test_console_script_passes_the_resolved_config_to_every_rank(monkeypatch):
 
 
 def test_tools_scripts_are_thin_wrappers_of_the_console_scripts():
-    from fastreid_ext.tools import make_synthetic_data, make_synthetic_vi_data
+    import importlib
 
-    for name, module in (
-        ("make_synthetic_data", make_synthetic_data),
-        ("make_synthetic_vi_data", make_synthetic_vi_data),
-        ("train_net", train_cli),
-    ):
+    # tools/<name>.py -> console script fastreid-ext-<name with - for _> (train_net: -train)
+    names = [
+        "train_net",
+        "make_synthetic_data",
+        "make_synthetic_vi_data",
+        "extract_features",
+        "search",
+        "serve_search",
+        "visualize_results",
+        "export",
+        "convert_checkpoint",
+    ]
+    for name in names:
+        module = importlib.import_module(f"fastreid_ext.tools.{name}")
         text = (REPO / "tools" / f"{name}.py").read_text()
         assert f"from fastreid_ext.tools.{name} import main" in text
         assert len(text.splitlines()) < 25 and callable(module.main)
     scripts = importlib.metadata.distribution("fastreid-ext").entry_points
     console = {ep.name: ep.value for ep in scripts if ep.group == "console_scripts"}
-    assert console == {
-        "fastreid-ext-train": "fastreid_ext.tools.train_net:main",
-        "fastreid-ext-make-synthetic-data": "fastreid_ext.tools.make_synthetic_data:main",
-        "fastreid-ext-make-synthetic-vi-data": "fastreid_ext.tools.make_synthetic_vi_data:main",
+    expected = {
+        "fastreid-ext-" + ("train" if n == "train_net" else n.replace("_", "-")): (
+            f"fastreid_ext.tools.{n}:main"
+        )
+        for n in names
     }
+    assert console == expected
     assert not [ep for ep in scripts if ep.group == "fastreid_ext.plugins"]

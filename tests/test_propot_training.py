@@ -1,7 +1,7 @@
 """Propot through the trainer: two gloo ranks get identical initial prototypes equal to the
 per-identity encoder sums, and a second two-rank run reloads them from the cache; evaluation needs
 no prototype tensor; every config (datasets, demo, Table-4/5 ablations) builds and trains; the
-demo beats chance and is not worse than the baseline."""
+demo recipes learn, and Propot's trains L_p2i and changes the baseline's result."""
 
 from __future__ import annotations
 
@@ -21,6 +21,7 @@ from fastreid_ext.engine.checkpoint import load_for_inference
 from fastreid_ext.engine.trainer import ExtTrainer
 from fastreid_ext.solver import build_optimizer
 from fastreid_ext.text import ClipTokenizer, mask_tokens
+from propot.modeling import PROTOTYPE_AGGREGATIONS
 
 from .conftest import REPO, TOOLS, TWO_GLOO_RANKS, run_train_net, tiny_opts
 from .test_propot_initial_prototypes import NUM_IDS, direct_sums
@@ -135,14 +136,33 @@ def _config_files():
     )
 
 
-def _expected_modules(cfg):
-    c = cfg.MODEL.PROPOT
-    calls = [n for n, on in (("intra", c.IPP.INTRA.ENABLED), ("inter", c.IPP.INTER.ENABLED)) if on]
-    return c.ENABLED, c.DPP.ENABLED, calls
+# What each config runs, written out from the README's Results and Ablations tables (never read
+# from the MODEL.PROPOT switches the model reads): (prototypes, DPP, IPP calls, MLM, aggregation).
+_FULL = (True, True, ["inter", "intra"], True, "APA")
+EXPECTED_MODULES = {
+    "cuhk.yml": _FULL,
+    "icfg.yml": _FULL,
+    "rstp.yml": _FULL,
+    "demo.yml": (True, True, ["inter", "intra"], False, "APA"),  # Table 4 row 6
+    "ablations/ipp_untied_blocks.yml": _FULL,
+    "ablations/table4_0_baseline.yml": (False, False, [], False, None),
+    "ablations/table4_1_inipt.yml": (True, False, [], False, "APA"),
+    "ablations/table4_2_dpp.yml": (True, True, [], False, "APA"),
+    "ablations/table4_3_ipp_intra.yml": (True, False, ["intra"], False, "APA"),
+    "ablations/table4_4_ipp_inter.yml": (True, False, ["inter"], False, "APA"),
+    "ablations/table4_5_ipp.yml": (True, False, ["inter", "intra"], False, "APA"),
+    "ablations/table4_6_dpp_ipp.yml": (True, True, ["inter", "intra"], False, "APA"),
+    "ablations/table4_7_full.yml": _FULL,
+    "ablations/table5_apa.yml": _FULL,
+    "ablations/table5_learned.yml": (True, True, ["inter", "intra"], True, "learned"),
+    "ablations/table5_mean.yml": (True, True, ["inter", "intra"], True, "mean"),
+    "ablations/table5_mlp.yml": (True, True, ["inter", "intra"], True, "mlp"),
+    "ablations/table5_sum.yml": (True, True, ["inter", "intra"], True, "sum"),
+}
 
 
 def test_every_config_builds_and_trains_two_steps():
-    """Each config with the tiny CPU model: the modules its switches name exist (and no other),
+    """Each config with the tiny CPU model: the modules of its row (EXPECTED_MODULES) exist,
     the paper's learning rates are set, and two optimisation steps give finite losses and move
     the weights."""
     tiny = [
@@ -163,20 +183,19 @@ def test_every_config_builds_and_trains_two_steps():
         "mlm_labels": torch.stack([m[1] for m in mlm]),
     }
     files = _config_files()
-    assert len([f for f in files if f.startswith("ablations/table4")]) == 8
-    assert len([f for f in files if f.startswith("ablations/table5")]) == 5
+    assert sorted(EXPECTED_MODULES) == files
     for name in files:
         cfg = build_cfg(str(CONFIGS / name), tiny)
         torch.manual_seed(0)
         model = build_model(cfg)
-        enabled, dpp, calls = _expected_modules(cfg)
+        enabled, dpp, calls, mlm, aggregation = EXPECTED_MODULES[name]
         assert hasattr(model, "prototypes") == enabled, name
         if enabled:
             assert (model.prototypes.dpp is not None) == dpp, name
             ipp = model.prototypes.ipp
-            assert ([] if ipp is None else sorted({c.split("_")[0] for c in ipp.calls})) == sorted(
-                calls
-            ), name
+            assert ([] if ipp is None else sorted({c.split("_")[0] for c in ipp.calls})) == calls
+            want = PROTOTYPE_AGGREGATIONS[aggregation]
+            assert type(model.prototypes.aggregation) is want, name
             model.prototypes.set_initial(torch.randn(6, 64), torch.randn(6, 64))
         opt = build_optimizer(cfg, model)
         if name != "demo.yml":  # the paper's rates: 1e-5 encoders, 1e-4 new modules
@@ -192,7 +211,7 @@ def test_every_config_builds_and_trains_two_steps():
             total.backward()
             opt.step()
         assert ("loss_p2i" in losses) == enabled, name
-        assert ("loss_mlm" in losses) == ("MLM" in cfg.MODEL.T2I.LOSSES), name
+        assert ("loss_mlm" in losses) == mlm, name
         moved = [k for k, v in model.named_parameters() if not torch.equal(v, before[k])]
         assert any(k.startswith("backbone.") for k in moved), name
         if enabled and (dpp or calls):
@@ -218,13 +237,33 @@ def test_benchmark_script_runs_on_cpu():
     assert "peak" not in proc.stdout  # peak memory is reported on CUDA only
 
 
-def test_demo_learns_and_is_not_worse_than_the_baseline(tmp_path):
+# The reduced demo comparison below at SEED 1-5 (Propot - baseline; measured, 6 epochs):
+# R1 +3.44 / -4.06 / -0.94 / +2.50 / -3.44, mAP +1.98 / -3.26 / -0.74 / +0.45 / -1.78.
+# Mean gap R1 -0.50, mAP -0.67. L_p2i (weighted, metrics.json) fell by 0.100 / 0.151 / 0.083 /
+# 0.079 / 0.130 from the first to the last logged iteration.
+P2I_MIN_DROP = 0.03  # below half the smallest measured drop
+GAP_FLOOR = {"R1": -6.0, "mAP": -5.0}  # below the worst measured seed (-4.06 / -3.26)
+
+
+def _metric_rows(out_dir) -> list:
+    return [json.loads(line) for line in (out_dir / "metrics.json").read_text().splitlines()]
+
+
+def test_demo_learns_and_propot_changes_the_baseline(tmp_path):
     """Propot's demo recipe and the baseline's on the same synthetic data and budget (reduced:
-    100 training ids, 6 epochs), trained side by side.
+    100 training ids, 6 epochs, SEED 1), trained side by side.
 
     The demo's "Propot" is Table 4 row 6 (DPP + IPP + APA + L_p2i, no MLM), compared with row 0:
     MLM is left out of both demo recipes because its 49408-way head dominates the CPU time of the
-    tiny model, so both sides differ only by the prototype modules and L_p2i."""
+    tiny model, so both sides differ only by the prototype modules and L_p2i (checked in the fast
+    tier by tests/test_propot_demo_comparison.py, with L_p2i's gradient on both encoders).
+
+    "Propot is not worse than the baseline" cannot fail with Propot switched off (the two runs
+    are then the same computation, with identical numbers), and at this budget the seed spread
+    is larger than the gap (above), so neither a sign nor a size of the gap is asserted. What is:
+    Propot trained L_p2i (logged on every training row, none in the baseline's, and falling by a
+    measured margin), the two runs end with different metrics, both learn far above chance, and
+    Propot stays within the seed spread of the baseline (a collapse fails)."""
     root = tmp_path / "data"
     num_test_ids = 40
     write_synthetic_dataset(
@@ -237,7 +276,7 @@ def test_demo_learns_and_is_not_worse_than_the_baseline(tmp_path):
         args = [
             "--config-file", str(cfg), "DATASETS.ROOT", str(root),
             "OUTPUT_DIR", str(tmp_path / method), "SOLVER.MAX_EPOCH", "6", "TEST.EVAL_PERIOD", "6",
-            "SOLVER.CHECKPOINT_PERIOD", "6", "DATALOADER.NUM_WORKERS", "0",
+            "SOLVER.CHECKPOINT_PERIOD", "6", "DATALOADER.NUM_WORKERS", "0", "SEED", "1",
         ]  # fmt: skip
         procs[method] = subprocess.Popen(
             [sys.executable, str(TOOLS / "train_net.py"), *args],
@@ -258,6 +297,15 @@ def test_demo_learns_and_is_not_worse_than_the_baseline(tmp_path):
         f"baseline R1 {base['R1']:.2f} mAP {base['mAP']:.2f} | propot R1 {prop['R1']:.2f} "
         f"mAP {prop['mAP']:.2f} (chance R1 {chance:.2f})"
     )
-    assert prop["R1"] >= 3 * chance and prop["mAP"] >= 10.0
-    # Measured (6 epochs): baseline R1 9.38 / mAP 15.27, Propot R1 12.81 / mAP 17.25.
-    assert prop["mAP"] >= base["mAP"] - 0.5 and prop["R1"] >= base["R1"] - 1.0
+    # Propot trained its identity-level term; the baseline has none
+    train_rows = [r for r in _metric_rows(tmp_path / "propot") if "total_loss" in r]
+    p2i = [r.get("loss_p2i") for r in train_rows]
+    assert len(p2i) >= 2 and all(x is not None and x > 0 for x in p2i), p2i
+    assert p2i[0] - p2i[-1] >= P2I_MIN_DROP, p2i
+    assert not any("loss_p2i" in r for r in _metric_rows(tmp_path / "baseline"))
+    # Measured: baseline R1 9.38 / mAP 15.27, Propot R1 12.81 / mAP 17.25 (chance R1 2.50).
+    assert (prop["R1"], prop["mAP"]) != (base["R1"], base["mAP"])
+    for res in (base, prop):
+        assert res["R1"] >= 3 * chance and res["mAP"] >= 10.0, res
+    for key, floor in GAP_FLOOR.items():
+        assert prop[key] - base[key] >= floor, (key, prop[key], base[key])

@@ -172,7 +172,9 @@ def test_readme_method_trains_on_the_demo_data(trained):
     assert list(dumped["DATASETS"]["NAMES"]) == ["CUHKPEDES"]  # the demo's data, not Market1501
     assert dumped["MODEL"]["T2I"]["LOSSES"] == ["SDM", "ID"]  # no MLM head on the CPU
     results = json.loads((on / "results.json").read_text())
-    assert 0.0 <= results["R1"] <= 100.0 and results["best"]["epoch"] == 0
+    # one evaluation (epoch 0): it is the best one, and its metric is the t2i R1
+    assert results["best"]["epoch"] == 0 and results["metric"] == results["R1"]
+    assert results["best"]["metric"] == pytest.approx(results["metric"])
     rows = _loss_rows(on)
     assert rows and all({"loss_sdm", "loss_id", "loss_align"} <= r.keys() for r in rows)
 

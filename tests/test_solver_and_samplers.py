@@ -126,6 +126,11 @@ def test_schedule_from_config_multistep_and_eta_min():
     cfg.SOLVER.BASE_LR, cfg.SOLVER.ETA_MIN_LR, cfg.SOLVER.MAX_EPOCH = 1e-3, 1e-4, 10
     s = build_lr_schedule(cfg)
     assert s.factor(10) == pytest.approx(0.1) and s.factor(0) == pytest.approx(1.0)
+    # warm-up keys (not the defaults 0.1 / "epoch"): factor 0.25 -> 1 over 2 epochs, per iteration
+    cfg.SOLVER.WARMUP_EPOCHS, cfg.SOLVER.WARMUP_FACTOR, cfg.SOLVER.SCHED_STEP = 2, 0.25, "iter"
+    s = build_lr_schedule(cfg)
+    assert s.progress(1, 5, 10) == 1.5
+    assert [s.factor(p) for p in (0.0, 1.0, 1.5)] == pytest.approx([0.25, 0.625, 0.8125])
     cfg.SOLVER.SCHED = "Poly"
     with pytest.raises(KeyError, match="SOLVER.SCHED"):
         build_lr_schedule(cfg)

@@ -215,7 +215,9 @@ def test_one_epoch_demo_through_the_console_scripts(installed):
     train = ["fastreid-ext-train", "--config-file", "fastreid_ext://Baseline/demo.yml", *opts]
     _check(_run(train, run_dir, env, timeout=900))
     results = json.loads((run_dir / "out" / "results.json").read_text())
-    assert 0.0 <= results["R1"] <= 100.0 and results["best"]["epoch"] == 0
+    # one evaluation (epoch 0): it is the best one, and its metric is the t2i R1
+    assert results["best"]["epoch"] == 0 and results["metric"] == results["R1"]
+    assert results["best"]["metric"] == pytest.approx(results["metric"])
     run_info = json.loads((run_dir / "out" / "run_info.json").read_text())
     assert Path(run_info["config_file"]).is_relative_to(purelib / "fastreid_ext" / "model_zoo")
     assert run_info["status"] == "completed"

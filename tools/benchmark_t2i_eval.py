@@ -22,31 +22,15 @@ import time
 import torch
 import torch.nn.functional as F
 
+from fastreid_ext.benchmark.floors import T2I_SIZES, t2i_features
 from fastreid_ext.evaluation.retrieval_metrics import retrieval_metrics
 
-# name: (queries, gallery, ids, caption noise, caption spread, image noise, image spread)
-DATASETS = {
-    "cuhk": (6156, 3074, 1000, 2.8, 0.5, 1.6, 0.15),
-    "icfg": (19848, 19848, 1000, 3.5, 0.5, 2.1, 0.15),
-}
+DATASETS = T2I_SIZES  # name: (queries, gallery, ids, noise and spread of captions / images)
 
 
 def make_features(name: str, dim: int, seed: int, device: torch.device):
     """Synthetic (query_feats, gallery_feats, query_pids, gallery_pids) for a dataset size."""
-    num_q, num_g, num_ids, q_noise, q_spread, g_noise, g_spread = DATASETS[name]
-    gen = torch.Generator().manual_seed(seed)
-    basis = torch.randn(128, dim, generator=gen)
-    centres = F.normalize(torch.randn(num_ids, 128, generator=gen) @ basis, dim=1)
-    gallery_pids = (torch.arange(num_g) % num_ids)[torch.randperm(num_g, generator=gen)]
-    query_pids = gallery_pids[torch.arange(num_q) % num_g]  # captions of gallery image i % Ng
-
-    def noisy(pids, noise, spread):
-        scale = noise * torch.exp(spread * torch.randn(len(pids), 1, generator=gen))
-        feats = centres[pids] + scale * torch.randn(len(pids), dim, generator=gen) / dim**0.5
-        return F.normalize(feats, dim=1)
-
-    qf, gf = noisy(query_pids, q_noise, q_spread), noisy(gallery_pids, g_noise, g_spread)
-    return qf.to(device), gf.to(device), query_pids.to(device), gallery_pids.to(device)
+    return t2i_features(T2I_SIZES[name], dim, seed, device)
 
 
 def sync(device: torch.device) -> None:

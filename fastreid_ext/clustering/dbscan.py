@@ -44,13 +44,23 @@ def cluster_pseudo_labels(
     min_samples: int = 4,
     backend: str = "auto",
     timings: Optional[Dict[str, float]] = None,
+    knn_ef: int = 128,
+    knn_nprobe: int = 128,
 ) -> np.ndarray:
     """Pseudo labels ``[N]`` of ``features`` ``[N, D]``: sparse k-reciprocal Jaccard distance
     (k1, k2) then DBSCAN(eps, min_samples). ``timings`` receives seconds per stage ("knn",
-    "reciprocal_expansion", "jaccard", "dbscan")."""
+    "reciprocal_expansion", "jaccard", "dbscan"). ``backend``, ``knn_ef``, ``knn_nprobe``: see
+    :func:`.jaccard.k_reciprocal_jaccard`."""
     timings = timings if timings is not None else {}
     graph = k_reciprocal_jaccard(
-        features, k1, k2, max_distance=eps, backend=backend, timings=timings
+        features,
+        k1,
+        k2,
+        max_distance=eps,
+        backend=backend,
+        timings=timings,
+        knn_ef=knn_ef,
+        knn_nprobe=knn_nprobe,
     )
     t = time.perf_counter()
     labels = dbscan_labels(graph, eps, min_samples)

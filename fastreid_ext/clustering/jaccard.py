@@ -30,7 +30,8 @@ from typing import Dict, Optional, Tuple
 import numpy as np
 import scipy.sparse as sp
 
-from .knn import exact_knn, l2_normalize, pair_cosine64
+from .knn import l2_normalize, pair_cosine64
+from .knn_approx import knn_ranking
 from .radius_graph import MAX_TRIPLES, jaccard_radius_graph
 
 __all__ = [
@@ -146,6 +147,8 @@ def k_reciprocal_jaccard(
     max_distance: float = 1.0,
     backend: str = "auto",
     timings: Optional[Dict[str, float]] = None,
+    knn_ef: int = 128,
+    knn_nprobe: int = 128,
 ) -> sp.csr_matrix:
     """Sparse k-reciprocal Jaccard distances of ``features`` ``[N, D]`` (see module docstring).
 
@@ -153,7 +156,9 @@ def k_reciprocal_jaccard(
         k1, k2: re-ranking parameters (cluster-contrast: 30 and 6).
         max_distance: pairs farther than this are not stored (use the DBSCAN eps); with 1.0 every
             pair sharing support is stored.
-        backend: kNN backend of :func:`exact_knn`.
+        backend: kNN backend: exact "auto"/"torch"/"faiss" (:func:`.knn.exact_knn`) or
+            approximate "hnsw"/"ivf" (:func:`.knn_approx.approx_knn`).
+        knn_ef, knn_nprobe: search breadth of the "hnsw" / "ivf" backends.
         timings: if given, receives seconds per stage ("knn", "reciprocal_expansion",
             "jaccard").
     Returns:
@@ -164,7 +169,7 @@ def k_reciprocal_jaccard(
     timings = timings if timings is not None else {}
     t = time.perf_counter()
     x = l2_normalize(features)
-    ranking = exact_knn(x, k1, backend)
+    ranking = knn_ranking(x, k1, backend, ef=knn_ef, nprobe=knn_nprobe)
     timings["knn"] = time.perf_counter() - t
 
     t = time.perf_counter()

@@ -107,6 +107,7 @@ def jaccard_radius_graph(
     m_min = 2.0 * (1.0 - max_distance) / (2.0 - max_distance) - 1e-6 if max_distance < 1 else 0.0
     heavy = _heavy_entries(vqe, rows, m_min) if m_min > 0 else np.ones(len(cols), dtype=bool)
     acc = np.zeros(min(chunk_rows, n) * n, dtype=np.float64)
+    stamp = np.zeros(len(acc), dtype=np.int32)
 
     def _triples(ent: np.ndarray, within: np.ndarray, first_row: int):
         """Accumulator keys and ``min`` values of triple number ``within`` of entry ``ent``."""
@@ -122,15 +123,25 @@ def jaccard_radius_graph(
         if total == 0:
             continue
         if total <= max_triples:
-            ent = np.repeat(np.arange(p0, p1), length)
-            within = np.arange(total) - np.repeat(np.cumsum(length) - length, length)
-            key, m = _triples(ent, within, s)
+            # per entry: its value, row and heavy flag repeated over its triples (no gathers)
+            idx = np.arange(total) + np.repeat(
+                entry_start[p0:p1] - (np.cumsum(length) - length), length
+            )
+            m = np.minimum(np.repeat(vals[p0:p1], length), c_vals[idx]).astype(np.float64)
+            key = np.repeat((rows[p0:p1] - s) * n, length) + c_rows[idx]
             np.add.at(acc, key, m)
-            probe = key[heavy[ent]]
+            probe = key[np.repeat(heavy[p0:p1], length)]
             got = acc[probe]
-            acc[key] = 0.0
-            probe, first = np.unique(probe[got >= m_min], return_index=True)
-            got = got[got >= m_min][first]
+            if (e - s) * n < 4 * total:
+                acc[: (e - s) * n] = 0.0
+            else:
+                acc[key] = 0.0
+            probe, got = probe[got >= m_min], got[got >= m_min]
+            # one copy of every probed pair: all copies read back the one surviving stamp
+            order = np.arange(len(probe), dtype=np.int32)
+            stamp[probe] = order
+            first = stamp[probe] == order
+            probe, got = probe[first], got[first]
         else:  # a single row with more triples than the cap: enumerate it in pieces
             ends = np.cumsum(length)
             probes = []

@@ -19,6 +19,7 @@ import json
 import logging
 import multiprocessing
 import os
+import signal
 import socket
 import sys
 import threading
@@ -192,6 +193,31 @@ class AbortWatchdog:
     def start(self) -> AbortWatchdog:
         self._thread.start()
         return self
+
+    def install_sigterm_handler(self) -> Optional[object]:
+        """Handle SIGTERM in this (main) thread with :meth:`on_sigterm`; returns the previous
+        handler (``None`` outside the main thread, where nothing is installed).
+
+        torchrun's agent and the ``mp.spawn`` parent end the surviving ranks with SIGTERM once
+        one rank has failed; without a handler that kill can come before this watchdog's next
+        poll, and the run record would keep saying ``running``."""
+        if threading.current_thread() is not threading.main_thread():
+            return None
+        return signal.signal(signal.SIGTERM, self.on_sigterm)
+
+    def on_sigterm(self, signum: int, frame: object = None) -> NoReturn:
+        """Record why this rank ends, then end it: ``aborted`` when another rank has published
+        a failure (the usual cause of the signal), else ``interrupted``."""
+        reason = self.peer_failure()
+        if reason is not None:
+            self.abort_now(f"{reason} (then SIGTERM from the launcher)")
+        _announce(f"[rank {self.rank}] stopping: received SIGTERM")
+        if self.on_exit is not None:
+            try:
+                self.on_exit("interrupted", "SIGTERM")
+            except Exception:
+                logger.exception("Could not record the interruption")
+        _end_process(128 + int(signum))
 
     def stop(self, join: bool = True) -> None:
         """Stop watching (normal teardown, or this rank is failing itself)."""

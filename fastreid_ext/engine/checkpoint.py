@@ -1,20 +1,45 @@
-"""Checkpoints: the training checkpointer (atomic saves, safe loads) and loading for evaluation."""
+"""Checkpoints: the training checkpointer (atomic saves, safe loads) and loading for evaluation.
+
+Every checkpoint the trainer writes carries, next to ``"model"``, a ``"model_info"`` entry (plain
+values, ``weights_only``-safe) with what rebuilding the model needs besides the config: the
+config values set from the training data (``"data_config"``, e.g. ``MODEL.HEADS.NUM_CLASSES``,
+which sizes the ID classifier, Propot's prototypes and CSDN's prompt learners and banks), the
+meta-architecture and the run's config dump. :func:`resolve_num_classes` reads it, so evaluation
+and inference need no training set; for older checkpoints it infers the count from the stored
+tensor shapes (:func:`infer_num_classes`).
+"""
 
 from __future__ import annotations
 
 import logging
 import os
-from typing import Any, Callable, Dict, List, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import torch
+from fastreid.config import CfgNode
 from fastreid.utils.checkpoint import Checkpointer
 from torch import nn
 
 from ..utils.atomic_io import atomic_torch_save, atomic_write_text, remove_stale_temporaries
+from ..version import __version__
 
-__all__ = ["ExtCheckpointer", "load_for_inference", "read_checkpoint"]
+__all__ = [
+    "ExtCheckpointer",
+    "MODEL_INFO_KEY",
+    "NUM_CLASSES_KEY",
+    "build_model_info",
+    "infer_num_classes",
+    "load_for_inference",
+    "read_checkpoint",
+    "read_model_info",
+    "resolve_num_classes",
+]
 
 logger = logging.getLogger(__name__)
+
+MODEL_INFO_KEY = "model_info"
+#: The config key every data-sized module reads (classifier, prototypes, prompt learners, banks).
+NUM_CLASSES_KEY = "MODEL.HEADS.NUM_CLASSES"
 
 
 def read_checkpoint(path: str, key: str = "MODEL.WEIGHTS") -> Dict[str, torch.Tensor]:
@@ -79,6 +104,98 @@ def load_for_inference(model: nn.Module, path: str, key: str = "MODEL.WEIGHTS") 
     logger.info("Loaded %d tensors from %s", len(loadable), path)
 
 
+def build_model_info(cfg: CfgNode) -> Dict[str, Any]:
+    """The ``"model_info"`` entry of a checkpoint trained with ``cfg`` (plain values only):
+    ``{"format": 1, "meta_architecture", "data_config": {"MODEL.HEADS.NUM_CLASSES": n},
+    "config": cfg.dump(), "fastreid_ext_version"}``."""
+    return {
+        "format": 1,
+        "meta_architecture": str(cfg.MODEL.META_ARCHITECTURE),
+        "data_config": {NUM_CLASSES_KEY: int(cfg.MODEL.HEADS.NUM_CLASSES)},
+        "config": cfg.dump(),
+        "fastreid_ext_version": __version__,
+    }
+
+
+def read_model_info(path: str) -> Optional[Dict[str, Any]]:
+    """The ``"model_info"`` entry of checkpoint ``path`` (``None`` for older checkpoints and plain
+    state dicts). Memory-mapped: the tensors are not read."""
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as exc:
+        raise RuntimeError(
+            f"Cannot load checkpoint '{path}' with weights_only=True: {exc}"
+        ) from exc
+    info = ckpt.get(MODEL_INFO_KEY) if isinstance(ckpt, dict) else None
+    return info if isinstance(info, dict) else None
+
+
+def _probe_shapes(cfg: CfgNode, build_model: Callable, n: int) -> Dict[str, Tuple[int, ...]]:
+    probe = cfg.clone()
+    probe.defrost()
+    probe.MODEL.HEADS.NUM_CLASSES = n
+    probe.MODEL.CLIP.WEIGHTS, probe.MODEL.CLIP.RANDOM_INIT = "", True  # shapes only
+    probe.MODEL.DEVICE = "cpu"
+    return {k: tuple(v.shape) for k, v in build_model(probe).state_dict().items()}
+
+
+def infer_num_classes(
+    cfg: CfgNode, build_model: Callable, state: Dict[str, torch.Tensor], path: str = ""
+) -> Optional[int]:
+    """Training-class count of a checkpoint without ``"model_info"``, from its tensor shapes.
+
+    The model is built twice, with 1 and with 2 classes (random weights, CPU): a tensor whose
+    shape differs between the two depends on the count, ``size = a * n + b`` along the dimension
+    that differs. Each such tensor present in ``state`` gives ``n``. Returns ``None`` when the
+    model does not depend on the count or ``state`` holds none of those tensors (then every count
+    loads the same inference weights); raises ``ValueError`` naming the tensors when they
+    disagree or no whole ``n >= 1`` fits.
+    """
+    one, two = _probe_shapes(cfg, build_model, 1), _probe_shapes(cfg, build_model, 2)
+    found: Dict[str, int] = {}
+    for key, s1 in one.items():
+        s2 = two.get(key)
+        if s2 is None or s2 == s1 or key not in state:
+            continue
+        stored = tuple(state[key].shape)
+        dims = [d for d in range(len(s1)) if s1[d] != s2[d]]
+        slope, offset = s2[dims[0]] - s1[dims[0]], 2 * s1[dims[0]] - s2[dims[0]]
+        n, rest = divmod(stored[dims[0]] - offset, slope) if len(stored) == len(s1) else (0, 1)
+        found[key] = n if rest == 0 and n >= 1 else -1
+    if not found:
+        return None
+    counts = set(found.values())
+    if len(counts) != 1 or -1 in counts:
+        shown = ", ".join(f"{k} {tuple(state[k].shape)}" for k in list(found)[:6])
+        raise ValueError(
+            f"{NUM_CLASSES_KEY}: cannot infer the number of training classes of checkpoint "
+            f"'{path}' from its tensors ({shown}); pass {NUM_CLASSES_KEY} N (the training "
+            "identities) or use a checkpoint written by this version (it stores the count)"
+        )
+    return counts.pop()
+
+
+def resolve_num_classes(
+    cfg: CfgNode, build_model: Callable, path: str, key: str = "MODEL.WEIGHTS"
+) -> Optional[int]:
+    """The training-class count for rebuilding the model of checkpoint ``path``: the one in its
+    ``"model_info"``, else inferred from its tensors (:func:`infer_num_classes`); ``None`` when
+    the model's inference weights do not depend on it. An explicit ``MODEL.HEADS.NUM_CLASSES``
+    in ``cfg`` that contradicts the stored count is an error naming both."""
+    info = read_model_info(path)
+    if info is not None and NUM_CLASSES_KEY in info.get("data_config", {}):
+        stored = int(info["data_config"][NUM_CLASSES_KEY])
+    else:
+        stored = infer_num_classes(cfg, build_model, read_checkpoint(path, key), path)
+    given = int(cfg.MODEL.HEADS.NUM_CLASSES)
+    if given and stored is not None and stored and given != stored:
+        raise ValueError(
+            f"{NUM_CLASSES_KEY} is {given} in the config but checkpoint '{path}' was trained "
+            f"with {stored} classes: remove the override or use the matching checkpoint"
+        )
+    return stored
+
+
 class ExtCheckpointer(Checkpointer):
     """fast-reid's ``Checkpointer`` whose files a later run can always trust.
 
@@ -91,11 +208,16 @@ class ExtCheckpointer(Checkpointer):
       checkpoint with a ``"model"`` entry.
     * Callbacks registered with :meth:`add_save_callback` run after every completed save (e.g. to
       delete caches that the new checkpoint makes obsolete).
+    * ``model_info`` (see :func:`build_model_info`), when given, is saved with every checkpoint
+      under ``"model_info"``: what rebuilding the model needs without the training set.
     """
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    def __init__(
+        self, *args: Any, model_info: Optional[Dict[str, Any]] = None, **kwargs: Any
+    ) -> None:
         super().__init__(*args, **kwargs)
         self._save_callbacks: List[Callable[[str], None]] = []
+        self.model_info = model_info
 
     def add_save_callback(self, fn: Callable[[str], None]) -> None:
         """Call ``fn(path)`` after each checkpoint has been written completely."""
@@ -108,6 +230,8 @@ class ExtCheckpointer(Checkpointer):
         for key, obj in self.checkpointables.items():
             data[key] = obj.state_dict()
         data.update(kwargs)
+        if self.model_info is not None:
+            data[MODEL_INFO_KEY] = self.model_info
         basename = f"{name}.pth"
         path = os.path.join(self.save_dir, basename)
         self.logger.info("Saving checkpoint to %s", path)

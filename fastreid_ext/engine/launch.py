@@ -188,8 +188,10 @@ def _run_distributed(
     """
     rank = dist.get_rank()
     watchdog = AbortWatchdog.for_default_group(timing, on_exit=finish_run_record)
+    previous_sigterm = None
     if watchdog is not None:
         watchdog.start()
+        previous_sigterm = watchdog.install_sigterm_handler()
     try:
         comm.synchronize()
         _set_local_group(dist.get_world_size(), procs_per_machine, rank // procs_per_machine)
@@ -204,6 +206,8 @@ def _run_distributed(
         fail_rank(exc, rank, watchdog, timing, on_exit=finish_run_record)
     if watchdog is not None:
         watchdog.stop()
+        if previous_sigterm is not None:
+            signal.signal(signal.SIGTERM, previous_sigterm)
     dist.destroy_process_group()
     comm._LOCAL_PROCESS_GROUP = None
 

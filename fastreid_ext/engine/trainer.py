@@ -27,10 +27,18 @@ from ..evaluation.inference import run_inference
 from ..registry import EVALUATOR_REGISTRY, HOOK_REGISTRY, TRAINER_REGISTRY, lookup
 from ..solver import build_lr_schedule, build_optimizer
 from ..text.tokenizer import ClipTokenizer
-from .checkpoint import ExtCheckpointer
+from ..visualization.hooks import TrainingCurvesHook
+from .checkpoint import (
+    NUM_CLASSES_KEY,
+    ExtCheckpointer,
+    build_model_info,
+    infer_num_classes,
+    read_checkpoint,
+    read_model_info,
+)
 from .distributed import create_ddp_model
 from .hooks import EpochEndHook, LRScheduleHook, ProgressLogger
-from .step import StepRunner, resolve_amp_dtype
+from .step import StepRunner, resolve_amp_dtype, writer_flush_schedule
 from .writers import MetricsJSONWriter, TensorboardWriter, TrainerMetricPrinter
 
 __all__ = ["ExtTrainer", "build_trainer"]
@@ -79,11 +87,17 @@ class ExtTrainer(DefaultTrainer):
             optimizer,
             amp_dtype=amp_dtype,
             clip_grad_norm=clip.CLIP_VALUE if clip.ENABLED else 0.0,
+            # losses reach the host once per log period and at epoch ends, not every iteration
+            flush_at=writer_flush_schedule(self, cfg.TRAINER.LOG_PERIOD),
         )
         self.schedule = build_lr_schedule(cfg)
         self.scheduler: Dict[str, Any] = {}
         self.checkpointer = ExtCheckpointer(
-            model, cfg.OUTPUT_DIR, save_to_disk=comm.is_main_process(), optimizer=optimizer
+            model,
+            cfg.OUTPUT_DIR,
+            save_to_disk=comm.is_main_process(),
+            model_info=self.model_info(cfg),
+            optimizer=optimizer,
         )
         self.checkpointer.remove_stale_temporaries()
         if self._trainer.grad_scaler is not None:  # fp16: resume with the same loss scale
@@ -174,8 +188,41 @@ class ExtTrainer(DefaultTrainer):
 
     @classmethod
     def num_train_classes(cls, cfg: CfgNode) -> int:
-        """Number of training identities (sizes the classifier when evaluating a checkpoint)."""
-        return int(getattr(cls.build_train_set(cfg), "num_classes", 0))
+        """Number of training identities (sizes the classifier when evaluating a checkpoint).
+
+        The count stored in the ``MODEL.WEIGHTS`` checkpoint (``"model_info"``, written by every
+        training run) when there is one: no training set is read. Otherwise the training set's;
+        if that cannot be read either, the count inferred from the checkpoint's tensor shapes
+        (:func:`~fastreid_ext.engine.checkpoint.infer_num_classes`).
+        """
+        path = cfg.MODEL.WEIGHTS
+        if path and os.path.isfile(path):
+            info = read_model_info(path)
+            if info is not None and NUM_CLASSES_KEY in info.get("data_config", {}):
+                return int(info["data_config"][NUM_CLASSES_KEY])
+        try:
+            return int(getattr(cls.build_train_set(cfg), "num_classes", 0))
+        except Exception as exc:
+            if not (path and os.path.isfile(path)):
+                raise
+            inferred = infer_num_classes(cfg, cls.build_model, read_checkpoint(path), path)
+            if inferred is None:
+                raise
+            logger.info(
+                "Training set unavailable (%s); %s=%d inferred from the tensors of %s",
+                exc,
+                NUM_CLASSES_KEY,
+                inferred,
+                path,
+            )
+            return inferred
+
+    @classmethod
+    def model_info(cls, cfg: CfgNode) -> Dict[str, Any]:
+        """What every checkpoint of this run records to rebuild the model without the training
+        set (:func:`~fastreid_ext.engine.checkpoint.build_model_info`); a method whose model
+        depends on other data-derived config values adds them to ``"data_config"``."""
+        return build_model_info(cfg)
 
     @classmethod
     def build_train_loader(
@@ -226,6 +273,8 @@ class ExtTrainer(DefaultTrainer):
         )
         ret.append(self.epoch_end_hook)
         if comm.is_main_process():
+            # the epoch of each evaluation into metrics.json; training_curves.png after training
+            ret.append(TrainingCurvesHook(cfg))
             # after the epoch-end hook: its evaluation metrics are written at the same epoch end
             ret.append(fr_hooks.PeriodicWriter(self.build_writers(), cfg.TRAINER.LOG_PERIOD))
         return ret

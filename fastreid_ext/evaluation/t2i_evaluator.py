@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from collections import OrderedDict
@@ -16,7 +15,8 @@ from tabulate import tabulate
 
 from ..data.text_image import build_t2i_test_loaders, load_text_image_dataset
 from ..registry import EVALUATOR_REGISTRY
-from ..utils.atomic_io import atomic_open
+from .features import IMAGE_KEY, TEXT_KEY, retrieval_features
+from .rankings import query_records, rank_queries, write_ranking
 from .retrieval_metrics import retrieval_metrics
 
 __all__ = ["TextImageEvaluator"]
@@ -43,8 +43,10 @@ class TextImageEvaluator(DatasetEvaluator):
 
     The model must return ``{"image_feats": [B,D]}`` for batches with ``"images"`` and
     ``{"text_feats": [B,D]}`` for batches with ``"caption_ids"``. Features are gathered from all
-    ranks and put back in dataset order; metrics (R@1/5/10, mAP, mINP in %) come from
-    :func:`retrieval_metrics`. ``metric`` (used to pick ``model_best``) is the t2i R@1.
+    ranks and put back in dataset order; each batch's features go through
+    :func:`~fastreid_ext.evaluation.features.retrieval_features` (float32, L2-normalised: the
+    features the inference API returns), and the metrics (R@1/5/10, mAP, mINP in %) come from
+    :func:`retrieval_metrics` on them. ``metric`` (used to pick ``model_best``) is the t2i R@1.
     """
 
     def __init__(
@@ -72,10 +74,10 @@ class TextImageEvaluator(DatasetEvaluator):
 
     def process(self, inputs: Dict[str, Any], outputs: Dict[str, torch.Tensor]) -> None:
         idx = inputs["indices"].cpu()
-        if "image_feats" in outputs:
-            self._image.append((idx, outputs["image_feats"].float().cpu()))
-        if "text_feats" in outputs:
-            self._text.append((idx, outputs["text_feats"].float().cpu()))
+        if IMAGE_KEY in outputs:
+            self._image.append((idx, retrieval_features(outputs[IMAGE_KEY])))
+        if TEXT_KEY in outputs:
+            self._text.append((idx, retrieval_features(outputs[TEXT_KEY])))
 
     def evaluate(self) -> Dict[str, float]:
         image_parts, text_parts = self._image, self._text
@@ -95,14 +97,16 @@ class TextImageEvaluator(DatasetEvaluator):
         rows = []
         if self.direction in ("t2i", "both"):
             m = retrieval_metrics(
-                queries, gallery, q_pids, g_pids, chunk_size=chunk, return_topk_indices=topk_save
+                queries, gallery, q_pids, g_pids, normalize=False, chunk_size=chunk
             )
             if topk_save:
-                self._save_ranking(m.pop("topk_indices"), queries, gallery)
+                self._save_ranking(topk_save, queries, gallery)
             results.update(m)
             rows.append(["t2i"] + [m[k] for k in ("R1", "R5", "R10", "mAP", "mINP")])
         if self.direction in ("i2t", "both"):
-            m = retrieval_metrics(gallery, queries, g_pids, q_pids, chunk_size=chunk)
+            m = retrieval_metrics(
+                gallery, queries, g_pids, q_pids, normalize=False, chunk_size=chunk
+            )
             prefix = "" if self.direction == "i2t" else "i2t/"
             results.update({prefix + k: v for k, v in m.items()})
             rows.append(["i2t"] + [m[k] for k in ("R1", "R5", "R10", "mAP", "mINP")])
@@ -122,37 +126,30 @@ class TextImageEvaluator(DatasetEvaluator):
         )
         return results
 
-    def _save_ranking(
-        self, topk: torch.Tensor, queries: torch.Tensor, gallery: torch.Tensor
-    ) -> None:
+    def _save_ranking(self, k: int, queries: torch.Tensor, gallery: torch.Tensor) -> None:
+        """Write every caption's top-``k`` images, AP and first-match rank ``[Nq]`` to
+        ``ranking_<dataset>.jsonl`` (format: :mod:`fastreid_ext.evaluation.rankings`)."""
         if not self.output_dir:
             return
-        os.makedirs(self.output_dir, exist_ok=True)
-        q = torch.nn.functional.normalize(queries, dim=1)
-        g = torch.nn.functional.normalize(gallery, dim=1)
+        split = self.split
+        ranked = rank_queries(  # the features retrieval_metrics ranks (normalised in process)
+            queries,
+            gallery,
+            torch.as_tensor(split.caption_pids),
+            torch.as_tensor(split.image_pids),
+            k,
+        )
+        q_pids = [int(p) for p in split.caption_pids]
+        items = [
+            {"img_path": os.path.abspath(p), "pid": int(pid)}
+            for p, pid in zip(split.img_paths, split.image_pids)
+        ]
         path = os.path.join(self.output_dir, f"ranking_{self.dataset_name or 't2i'}.jsonl")
-        with atomic_open(path, "w") as f:
-            for i in range(topk.shape[0]):
-                ids = topk[i].tolist()
-                scores = (g[ids] @ q[i]).tolist()
-                f.write(
-                    json.dumps(
-                        {
-                            "query": i,
-                            "caption": self.split.captions[i],
-                            "pid": int(self.split.caption_pids[i]),
-                            "ranking": [
-                                {
-                                    "gallery": j,
-                                    "img_path": self.split.img_paths[j],
-                                    "score": round(s, 6),
-                                    "match": int(self.split.image_pids[j])
-                                    == int(self.split.caption_pids[i]),
-                                }
-                                for j, s in zip(ids, scores)
-                            ],
-                        }
-                    )
-                    + "\n"
-                )
-        logger.info("Saved the top-%d ranking of every query to %s", topk.shape[1], path)
+        write_ranking(
+            path,
+            (
+                {"kind": "t2i", "query": i, "caption": split.captions[i], "pid": q_pids[i], **r}
+                for i, r in enumerate(query_records(ranked, q_pids, items))
+            ),
+        )
+        logger.info("Saved the top-%d ranking of every query to %s", ranked.topk.shape[1], path)

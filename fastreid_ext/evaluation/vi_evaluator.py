@@ -16,6 +16,8 @@ from tabulate import tabulate
 from ..data.vi.base import VIEvaluationPlan
 from ..data.vi.loaders import build_vi_test_loader, load_vi_dataset
 from ..registry import EVALUATOR_REGISTRY
+from .features import IMAGE_KEY, retrieval_features
+from .rankings import save_vi_rankings
 from .vi_metrics import metrics_from_similarity, similarity
 from .vi_reference import average_trials
 
@@ -102,18 +104,29 @@ class VIReIDEvaluator(DatasetEvaluator):
 
     The loader yields single-modality image batches with ``"modality"`` (0 visible, 1 infrared),
     ``"targets"``, ``"camids"`` and ``"indices"``; the model must return ``{"image_feats":
-    [B, D]}`` for them. Every distinct test image is encoded once (the SYSU query once, each
-    gallery image once however many trials draw it), gathered from all ranks, then each task
+    [B, D]}`` for them, ranked by the inner product after
+    :func:`~fastreid_ext.evaluation.features.retrieval_features` (float32, L2-normalised: the
+    features the inference API returns; for CSDN, whose parts are each L2-normalised, the same
+    ranking as the raw inner product). Every distinct test image is encoded once (the SYSU
+    query once, each gallery image once however many trials draw it), gathered from all ranks,
+    then each task
     is scored: SYSU settings ``TEST.VI.SYSU_SETTINGS`` averaged over ``TEST.VI.TRIALS`` gallery
     draws, RegDB directions ``TEST.VI.REGDB_DIRECTIONS``. The first task's metrics are
     unprefixed (``R1, R5, R10, R20, mAP, mINP`` in %, plus ``metric`` = its R1); the others
     are ``"<task>/R1"`` etc.
     """
 
-    def __init__(self, cfg: CfgNode, plan: VIEvaluationPlan, dataset_name: str = "") -> None:
+    def __init__(
+        self,
+        cfg: CfgNode,
+        plan: VIEvaluationPlan,
+        dataset_name: str = "",
+        output_dir: Optional[str] = None,
+    ) -> None:
         self.cfg = cfg
         self.plan = plan
         self.dataset_name = dataset_name
+        self.output_dir = output_dir
         self.reset()
 
     @classmethod
@@ -126,15 +139,15 @@ class VIReIDEvaluator(DatasetEvaluator):
         if not tasks:
             raise ValueError(f"No evaluation task for {dataset_name}: the TEST.VI list is empty")
         plan = dataset.evaluation_plan(list(tasks), vi.TRIALS)
-        return build_vi_test_loader(cfg, plan), cls(cfg, plan, dataset_name)
+        return build_vi_test_loader(cfg, plan), cls(cfg, plan, dataset_name, output_dir)
 
     def reset(self) -> None:
         self._parts: List[Tuple[torch.Tensor, torch.Tensor]] = []
 
     def process(self, inputs: Dict[str, Any], outputs: Dict[str, torch.Tensor]) -> None:
-        if "image_feats" not in outputs:
-            raise KeyError("VIReIDEvaluator: the model must return 'image_feats' at inference")
-        self._parts.append((inputs["indices"].cpu(), outputs["image_feats"].float().cpu()))
+        if IMAGE_KEY not in outputs:
+            raise KeyError(f"VIReIDEvaluator: the model must return '{IMAGE_KEY}' at inference")
+        self._parts.append((inputs["indices"].cpu(), retrieval_features(outputs[IMAGE_KEY])))
 
     def evaluate(self) -> Dict[str, float]:
         parts = self._parts
@@ -147,6 +160,12 @@ class VIReIDEvaluator(DatasetEvaluator):
         per_task = evaluate_plan(
             self.plan, feats, self.cfg.TEST.VI.MAX_RANK, self.cfg.TEST.VI.CHUNK_SIZE
         )
+        topk_save = self.cfg.TEST.VI.SAVE_RANKING_TOPK
+        if topk_save and self.output_dir:
+            for path in save_vi_rankings(
+                self.plan, feats, topk_save, self.output_dir, self.dataset_name
+            ):
+                logger.info("Saved the top-%d ranking of every query to %s", topk_save, path)
         results: OrderedDict[str, float] = OrderedDict()
         rows = []
         for i, (name, m) in enumerate(per_task.items()):

@@ -61,3 +61,6 @@ def add_vi_config(cfg: CN) -> None:
     _C.TEST.VI.MAX_RANK = 20
     # Queries per chunk of the ranking computation (memory about CHUNK_SIZE x gallery x 25 bytes).
     _C.TEST.VI.CHUNK_SIZE = 4096
+    # Save the top-k ranking of every query of every task (trial 0's gallery) to
+    # OUTPUT_DIR/ranking_<dataset>_<task>.jsonl after each evaluation (0: off).
+    _C.TEST.VI.SAVE_RANKING_TOPK = 0

@@ -29,7 +29,7 @@ PCM_NAMES = ("hybrid", "intra", "cross")
 ICPM_POSITIVES = ("image", "text", "either", "instance")
 PMM_UPDATES = ("standard", "multi_modal", "hard")
 OPLM_NAMES = ("one_stage", "two_stage")
-KNN_BACKENDS = ("auto", "faiss", "torch")
+KNN_BACKENDS = ("auto", "faiss", "torch", "hnsw", "ivf")
 
 
 @register_config
@@ -119,8 +119,15 @@ def add_cpcl_config(cfg: CN) -> None:
     # Cluster each distinct image once (captions of one image share its features) [design
     # choice]; False clusters one image feature per caption, duplicates included.
     _C.MODEL.CPCL.CLUSTER.DEDUP_IMAGES = True
-    # kNN search: "auto" (torch on CUDA, else faiss on CPU), "faiss" or "torch".
+    # kNN search. Exact (identical labels whichever is chosen): "auto" = "torch" (chunked float32
+    # mm + topk, on CUDA when available, float64 only at near-ties) or "faiss" (IndexFlatIP
+    # candidates). Approximate, opt-in for very large N: "hnsw" or "ivf" (faiss indexes).
     _C.MODEL.CPCL.CLUSTER.KNN_BACKEND = "auto"
+    # HNSW search (and construction) breadth efSearch of KNN_BACKEND "hnsw" (larger: closer to
+    # the exact partition, slower).
+    _C.MODEL.CPCL.CLUSTER.KNN_HNSW_EF = 128
+    # IVF cells searched per query (nprobe) of KNN_BACKEND "ivf", out of 4 * sqrt(N) cells.
+    _C.MODEL.CPCL.CLUSTER.KNN_IVF_NPROBE = 128
     # Total batch of the per-epoch feature extraction over all processes, as TEST.IMS_PER_BATCH
     # (0: TEST.IMS_PER_BATCH); each rank encodes IMS_PER_BATCH // world size per step.
     _C.MODEL.CPCL.CLUSTER.IMS_PER_BATCH = 0
@@ -160,6 +167,8 @@ def check_cpcl_config(cfg: CN) -> None:
     check_range(k + "CLUSTER.START_EPOCH", cl.START_EPOCH, 0)
     check_range(k + "CLUSTER.IMS_PER_BATCH", cl.IMS_PER_BATCH, 0)
     check_choice(k + "CLUSTER.KNN_BACKEND", cl.KNN_BACKEND, KNN_BACKENDS)
+    check_range(k + "CLUSTER.KNN_HNSW_EF", cl.KNN_HNSW_EF, 1)
+    check_range(k + "CLUSTER.KNN_IVF_NPROBE", cl.KNN_IVF_NPROBE, 1)
     check_choice(k + "OPLM.NAME", c.OPLM.NAME, OPLM_NAMES)
     check_range(k + "OPLM.MIN_SIM", c.OPLM.MIN_SIM, None, 1.0)
 

@@ -54,6 +54,7 @@ def compute_pseudo_labels(
     c, oplm = cfg.MODEL.CPCL.CLUSTER, cfg.MODEL.CPCL.OPLM
     check_choice("MODEL.CPCL.OPLM.NAME", oplm.NAME, OPLM_NAMES)
     kwargs = dict(k1=c.K1, k2=c.K2, eps=c.EPS, min_samples=c.MIN_SAMPLES, backend=c.KNN_BACKEND)
+    kwargs.update(knn_ef=c.KNN_HNSW_EF, knn_nprobe=c.KNN_IVF_NPROBE)
     stats: Dict[str, float] = {}
     image_ids = np.asarray(image_ids)
     if c.DEDUP_IMAGES:

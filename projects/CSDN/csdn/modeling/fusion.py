@@ -23,7 +23,7 @@ class SemanticInformationIntegration(nn.Module):
     * ``name="single_key"`` (the authors'): the only source is ``s = t_ir``, so ``a == 1`` and
       ``fused = t_vis + W_c drop(tanh(W_v t_ir))``; ``W_q`` and ``W_k`` never get a gradient
       (they are kept so the module has the authors' structure and parameter count; parameter
-      names differ from theirs and no converter of their checkpoints is provided).
+      names differ from theirs: :mod:`fastreid_ext.convert` maps their checkpoints).
     * ``name="two_key"``: sources ``(t_vis, t_ir)``; the visible query weighs both texts.
 
     Inputs ``t_vis, t_ir [B, D]``; output ``[B, D]``.

@@ -50,21 +50,34 @@ def test_cpcl_demo_learns_without_identity_labels(learn_root, tmp_path):
             f"ARI image {r['image_ari']:.3f} text {r['text_ari']:.3f}"
         )
     assert [r["epoch"] for r in records] == list(range(4, epochs))  # clustering from START_EPOCH
-    # Measured (12 epochs, 100 training ids): R1 15.0, R10 63.8, mAP 18.0; NMI (outliers as one
-    # class) image 0.649 at the first clustering (epoch 4) -> 0.674 over the last three epochs,
-    # text 0.565 -> 0.637; ARI image + text 0.252 -> 0.320.
-    assert res["R1"] >= 3 * chance_r1
-    assert res["R10"] >= 2 * 10 * chance_r1
-    assert res["mAP"] >= 10.0
+    # the thresholds below were measured on this data: measure again if it changes
+    assert (NUM_TEST_IDS, IMAGES_PER_ID) == (40, 4)
+    # Thresholds from the seed spread of this exact run (data seed 1, SEED 1..5, one CPU thread);
+    # chance with 4 positives among the 160 test images: R1 2.5, R10 22.9, mAP 5.3.
+    #   R1  15.00  9.06 12.50  9.06 13.12  (mean 11.8, sd 2.6)
+    #   R10 63.75 50.62 53.12 58.44 55.00  (mean 56.2, sd 5.1)
+    #   mAP 18.02 13.93 14.90 15.02 14.87  (mean 15.4, sd 1.6)
+    # each threshold is the lowest seed minus half the seed sd, rounded down to 0.5: 3x, 2.1x and
+    # 2.5x chance (the earlier R10 >= 50 passed SEED 2 by 0.6, mAP >= 10 was far below every seed)
+    assert res["R1"] >= 7.5
+    assert res["R10"] >= 48.0
+    assert res["mAP"] >= 13.0
 
     def late(key):
         return sum(r[key] for r in records[-3:]) / 3
 
-    # pseudo-label quality improves in both modalities, by an NMI that outliers cannot raise
-    for modality in ("image", "text"):
-        assert late(f"{modality}_nmi") > records[0][f"{modality}_nmi"], modality
-    assert late("text_nmi") > records[0]["text_nmi"] + 0.03
-    assert late("image_ari") + late("text_ari") > records[0]["image_ari"] + records[0]["text_ari"]
+    def gain(key):
+        return late(key) - records[0][key]
+
+    # Pseudo-label quality, first clustering (epoch 4) -> mean of the last three (SEED 1..5):
+    #   image NMI  +0.025 +0.027 +0.023 +0.012 +0.011  (sd 0.007)
+    #   text NMI   +0.071 +0.050 +0.026 +0.001 +0.026  (sd 0.026)
+    #   image + text ARI  +0.068 +0.068 +0.034 -0.005 +0.046
+    # The image NMI improves on every seed (threshold: lowest minus half the sd); the text NMI
+    # does not fall on any seed but its gain can be nil (the earlier "+0.03" passed 2 seeds of
+    # 5); the ARI gain is not robust at this budget (SEED 4: -0.005) and is not asserted.
+    assert gain("image_nmi") > 0.0075
+    assert gain("text_nmi") >= 0.0
 
 
 def test_clustering_nmi_does_not_reward_outliers():

@@ -32,6 +32,7 @@ from typing import Dict, List, Tuple
 
 import torch
 
+from fastreid_ext.benchmark.floors import sync_device
 from fastreid_ext.data.synthetic import write_synthetic_dataset
 from fastreid_ext.data.text_image import load_text_image_dataset
 from fastreid_ext.data.vi.base import INFRARED, VISIBLE
@@ -83,11 +84,6 @@ def _setup(args: argparse.Namespace, tmp: str) -> Tuple[str, List[str]]:
     return os.path.join(tmp, "random.pth"), opts
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def _evaluator_pass(predictor: Predictor, dataset: str) -> Tuple[torch.Tensor, float]:
     """Features ``[N, D]`` (evaluator index order) and seconds of the evaluator's extraction."""
     cfg = predictor.cfg
@@ -103,7 +99,7 @@ def _evaluator_pass(predictor: Predictor, dataset: str) -> Tuple[torch.Tensor, f
             out = model(batch)
             evaluator.process(batch, out)
             seen.append((batch["indices"], out[IMAGE_KEY]))
-    _sync(predictor.device)
+    sync_device(predictor.device)
     seconds = time.perf_counter() - start
     idx = torch.cat([i for i, _ in seen])
     feats = torch.empty(len(idx), seen[0][1].shape[1])
@@ -134,7 +130,7 @@ def _api_pass(predictor: Predictor, lists: Dict[str, List[str]]) -> Tuple[torch.
         for m, paths in lists.items()
         if paths
     ]
-    _sync(predictor.device)
+    sync_device(predictor.device)
     return torch.cat(feats), time.perf_counter() - start
 
 

@@ -56,16 +56,17 @@ def t2i_features(
     return qf.to(device), gf.to(device), query_pids.to(device), gallery_pids.to(device)
 
 
-def _sync(device: torch.device) -> None:
+def sync_device(device: torch.device) -> None:
+    """Wait for the device's queued work (CUDA); nothing on CPU. Timings read the clock after it."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
 
 def _timed(device: torch.device, fn: Callable[[], object]) -> float:
-    _sync(device)
+    sync_device(device)
     t0 = time.perf_counter()
     fn()
-    _sync(device)
+    sync_device(device)
     return time.perf_counter() - t0
 
 

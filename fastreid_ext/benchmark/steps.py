@@ -26,16 +26,12 @@ from ..engine.hooks import LRScheduleHook
 from ..engine.step import StepRunner, writer_flush_schedule
 from ..engine.writers import MetricsJSONWriter, TensorboardWriter, TrainerMetricPrinter
 from ..solver import build_lr_schedule
+from .floors import sync_device
 from .methods import BuiltMethod
 
 __all__ = ["TrainerLoop", "plain_steps", "compare_loops", "AMP_DTYPES", "peak_memory_mib"]
 
 AMP_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def peak_memory_mib(device: torch.device) -> float:
@@ -157,13 +153,13 @@ def compare_loops(
         for r in range(rounds):
             order = ("plain", "trainer") if r % 2 == 0 else ("trainer", "plain")
             for mode in order:
-                _sync(device)
+                sync_device(device)
                 t0 = time.perf_counter()
                 if mode == "trainer":
                     block = loop.run(steps, epoch=r)
                 else:
                     block = plain_steps(built, batches, amp, steps, scaler, offset=r * steps)
-                _sync(device)
+                sync_device(device)
                 times[mode] += time.perf_counter() - t0
                 losses.extend(block)
     n = steps * rounds
